@@ -1,0 +1,148 @@
+"""The `fusemount` command: serve, stop, config, and the control wrappers (SPEC 2, 9)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from fusemount import __version__, wrappers
+from fusemount.core.config import ConfigError, defaults_toml, load_config
+from fusemount.daemon import ServeOptions, pidfile_for, serve
+
+EPILOG_SERVE = """example:
+  fusemount serve /mnt/view --state /var/lib/fusemount/state.json --background
+  echo 'attach data /srv/data' > /mnt/view/.fusemount/ctl
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusemount", description="A FUSE view of managed mounts.")
+    p.add_argument("--version", action="version", version=f"fusemount {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="mount VIEW and serve it",
+                       epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("view")
+    s.add_argument("--config", help="TOML config file (built-in defaults without it)")
+    s.add_argument("--state", default="/var/lib/fusemount/state.json",
+                   help="state file (default: %(default)s)")
+    s.add_argument("--background", action="store_true",
+                   help="return once the view is live; the daemon keeps running")
+    s.add_argument("--debug", action="store_true", help="log every request")
+    s.add_argument("--demo", metavar="DIR", help="attach DIR as subtree `demo` at start")
+    s.add_argument("--notify-fd", type=int, default=-1, help=argparse.SUPPRESS)
+    st = sub.add_parser("stop", help="stop the daemon serving VIEW",
+                        epilog="example:\n  fusemount stop /mnt/view",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("view")
+    st.add_argument("--timeout", type=float, default=30.0)
+    c = sub.add_parser("config", help="check a config file or print the defaults",
+                       epilog="examples:\n  fusemount config --check /etc/fusemount.toml\n"
+                              "  fusemount config --defaults",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--check", metavar="FILE")
+    g.add_argument("--defaults", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list and args_list[0] in wrappers.VERBS:
+        return wrappers.run(args_list)
+    args = _parser().parse_args(args_list)
+    if args.cmd == "serve":
+        return _serve(args)
+    if args.cmd == "stop":
+        return stop(args.view, args.timeout)
+    return _config(args)
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.background:
+        return _background(args)
+    _setup_logging(args.debug)
+    return serve(ServeOptions(view=args.view, config_path=args.config, state_path=args.state,
+                              debug=args.debug, demo=args.demo, notify_fd=args.notify_fd))
+
+
+def _background(args: argparse.Namespace) -> int:
+    """Start the daemon detached; exit 0 once the view is live, else 1 with the reason."""
+    r, w = os.pipe()
+    argv = [sys.executable, "-m", "fusemount", "serve", args.view, "--state", args.state,
+            "--notify-fd", str(w)]
+    if args.config:
+        argv += ["--config", args.config]
+    if args.debug:
+        argv.append("--debug")
+    if args.demo:
+        argv += ["--demo", args.demo]
+    with open(os.devnull, "r+b") as null:
+        proc = subprocess.Popen(argv, stdin=null, stdout=null, stderr=null, pass_fds=(w,),
+                                start_new_session=True)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        line = f.readline().decode(errors="replace").strip()
+    if line == "ready":
+        return 0
+    proc.poll()
+    reason = line.removeprefix("error: ") or f"daemon exited with {proc.returncode}"
+    print(f"fusemount: {reason}", file=sys.stderr)
+    return 1
+
+
+def stop(view: str, timeout_s: float) -> int:
+    path = pidfile_for(view)
+    try:
+        with open(path, encoding="ascii") as f:
+            pid = int(f.read().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"fusemount" not in f.read():
+                raise ProcessLookupError
+    except (OSError, ValueError, ProcessLookupError):
+        if os.path.ismount(view):
+            rc = subprocess.call(["umount", view])
+            return 0 if rc == 0 else 1
+        print(f"fusemount: no daemon serves {view}", file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return 0
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().split(b") ", 1)[1][:1] == b"Z":
+                return 0
+        time.sleep(0.05)
+    print(f"fusemount: daemon {pid} did not stop within {timeout_s}s", file=sys.stderr)
+    return 1
+
+
+def _config(args: argparse.Namespace) -> int:
+    if args.defaults:
+        sys.stdout.write(defaults_toml())
+        return 0
+    try:
+        with open(args.check, encoding="utf-8") as f:
+            load_config(f.read())
+    except OSError as exc:
+        print(f"fusemount: {args.check}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"fusemount: {args.check}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.check}: ok")
+    return 0

@@ -1,0 +1,427 @@
+"""Python client of a running view: commands through `.fusemount/ctl`, listings from its files.
+
+Talks to the daemon only through VIEW/.fusemount/ (ctl, mounts, mounts.json, version),
+exactly as a shell script would: one write() per command on a fresh O_RDWR descriptor,
+then a read() of the reply on that same descriptor. Every argument of a typed method is
+quoted with shlex.quote, so no value can add, split or drop a word of the command.
+
+Never: retry a command (it may have changed state), repair or reinterpret a reply, guess
+at anything the daemon did not say, or touch a source or the state file directly.
+
+SPEC 4 (the ctl protocol, commands, errors) and SPEC 9 (what the wrappers build on).
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import json
+import math
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+CONTROL_DIR = ".fusemount"
+# A reply is one JSON line; this bounds what a broken daemon can make us buffer.
+MAX_REPLY_BYTES = 1 << 20
+# mounts.json lists at most max_subtrees (64 by default) subtrees of up to 1024 holders each;
+# the cap leaves room for raised limits while keeping a runaway file from eating memory.
+MAX_LISTING_BYTES = 64 << 20
+# The daemon answered something that is not the protocol: ours to report, not a daemon errno.
+PROTOCOL_ERRNO = errno_mod.EPROTO
+
+Reply = dict[str, object]
+_T = TypeVar("_T")
+
+
+class ControlFailed(OSError):
+    """A command the daemon refused, or a control file that could not be used.
+
+    errno is the number, errno_name its symbol ("ENOSPC"), message the daemon's text (or
+    strerror when the daemon said nothing). str() gives "[Errno 28] message".
+    """
+
+    errno: int
+
+    def __init__(self, errno_: int, message: str, *, errno_name: str | None = None) -> None:
+        super().__init__(errno_, message)
+        self.errno = errno_
+        self.message = message
+        self.errno_name = errno_name or errno_mod.errorcode.get(errno_, str(errno_))
+
+
+class Transport(Protocol):
+    """One ctl transaction: write data once, then read what the daemon answered.
+
+    Returns (errno, reply): errno is None when the write succeeded, else the errno it
+    failed with; reply is the raw reply line (b"" when none could be read). Raises
+    OSError when no transaction could take place at all (ctl cannot be opened).
+    """
+
+    def transact(self, data: bytes) -> tuple[int | None, bytes]: ...
+
+
+class CtlFile:
+    """The real Transport: VIEW/.fusemount/ctl, one open file description per command.
+
+    A fresh descriptor per command, because replies belong to the open file description
+    (SPEC 4): sharing one would let a second command's reply replace the first's.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    def transact(self, data: bytes) -> tuple[int | None, bytes]:
+        fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                written = os.write(fd, data)
+            except OSError as exc:
+                # The refusal is in the errno; the reply only adds the message, if any.
+                try:
+                    return exc.errno, _read_line(fd)
+                except OSError:
+                    return exc.errno, b""
+            if written != len(data):
+                # The daemon took part of a command: what ran is unknown, so say so.
+                raise OSError(errno_mod.EIO, f"short write to ctl ({written} of {len(data)})")
+            return None, _read_line(fd)
+        finally:
+            os.close(fd)
+
+
+def _read_line(fd: int) -> bytes:
+    raw = b""
+    while b"\n" not in raw and len(raw) < MAX_REPLY_BYTES:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        raw += chunk
+    return raw.split(b"\n", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class MountRecord:
+    """One object of mounts.json: a subtree as the reader sees it (SPEC 4, SPEC 8).
+
+    Only name is required; keys the daemon does not send take these defaults and keys
+    this client does not know are ignored, so old clients read new daemons and back.
+    """
+
+    name: str
+    kind: str = "attach"  # "attach" | "mount"
+    source: str = ""
+    state: str = "attached"  # "attached" | "failed"
+    reason: str = ""  # why state is "failed"
+    ro: bool = False
+    owner: int | None = None
+    allow: tuple[str, ...] = ()  # as rendered by the daemon: "alice:ro", "@team:rw", "*:ro"
+    holders: tuple[str, ...] = ()
+    dev: int | None = None  # None: the source identity is unknown (a failed subtree)
+    ino: int | None = None
+    mount_id: int | None = None
+    fstype: str = ""
+    open_files: int = 0
+    access: str = "ro"  # what the reader may do: "ro" | "rw"
+    health: str = "ok"  # "ok" | "stalled"
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, object]) -> MountRecord:
+        """Build from one decoded object; ValueError names the first key of a wrong type."""
+        d = _DEFAULT_RECORD
+        return cls(
+            name=_field(obj, "name", str, None),
+            kind=_field(obj, "kind", str, d.kind),
+            source=_field(obj, "source", str, d.source),
+            state=_field(obj, "state", str, d.state),
+            reason=_field(obj, "reason", str, d.reason),
+            ro=_field(obj, "ro", bool, d.ro),
+            owner=_optional_int(obj, "owner"),
+            allow=_strings(obj, "allow"),
+            holders=_strings(obj, "holders"),
+            dev=_optional_int(obj, "dev"),
+            ino=_optional_int(obj, "ino"),
+            mount_id=_optional_int(obj, "mount_id"),
+            fstype=_field(obj, "fstype", str, d.fstype),
+            open_files=_field(obj, "open_files", int, d.open_files),
+            access=_field(obj, "access", str, d.access),
+            health=_field(obj, "health", str, d.health),
+        )
+
+
+_DEFAULT_RECORD = MountRecord(name="")
+
+
+def _field(obj: Mapping[str, object], key: str, type_: type[_T], default: _T | None) -> _T:
+    value = obj.get(key)
+    if value is None:
+        # null is read as absent: a daemon may well send null for "not applicable"
+        if default is None:
+            raise ValueError(f"missing key {key!r}")
+        return default
+    # bool is an int to isinstance(), never to us: `"open_files": true` is malformed
+    if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
+        raise ValueError(f"key {key!r} should be {type_.__name__}, got {value!r:.60}")
+    return value
+
+
+def _optional_int(obj: Mapping[str, object], key: str) -> int | None:
+    return None if obj.get(key) is None else _field(obj, key, int, None)
+
+
+def _strings(obj: Mapping[str, object], key: str) -> tuple[str, ...]:
+    value = obj.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"key {key!r} should be a list of strings, got {value!r:.60}")
+    return tuple(value)
+
+
+def parse_mounts(data: bytes, origin: str = "mounts.json") -> list[MountRecord]:
+    """mounts.json bytes -> records; ControlFailed(EPROTO) naming origin if malformed."""
+    try:
+        decoded = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ControlFailed(PROTOCOL_ERRNO, f"{origin}: not JSON ({exc})") from None
+    if not isinstance(decoded, list):
+        raise ControlFailed(PROTOCOL_ERRNO, f"{origin}: not a JSON array")
+    records: list[MountRecord] = []
+    for index, item in enumerate(decoded):
+        if not isinstance(item, dict):
+            raise ControlFailed(PROTOCOL_ERRNO, f"{origin}: item {index} is not an object")
+        try:
+            records.append(MountRecord.from_json(item))
+        except ValueError as exc:
+            raise ControlFailed(PROTOCOL_ERRNO, f"{origin}: item {index}: {exc}") from None
+    return records
+
+
+class Client:
+    """A view's control files. Every method is one system-call-level round trip, no retries.
+
+    Every failure is a ControlFailed: a refused command carries the daemon's errno and
+    message (SPEC 4 "Errors"); an unusable control file carries the system's errno with
+    the path; a reply or file that breaks the protocol carries EPROTO.
+    """
+
+    def __init__(self, view: str | os.PathLike[str], *, transport: Transport | None = None) -> None:
+        self.view = Path(view)
+        self.control_dir = self.view / CONTROL_DIR
+        self.transport: Transport = (
+            transport if transport is not None else CtlFile(self.control_dir / "ctl")
+        )
+
+    # --- the ctl transaction ---------------------------------------------------------
+
+    def command(self, text: str) -> Reply:
+        """Send one ctl command, verbatim, and return its reply (`{"ok": true, ...}`).
+
+        Raises ControlFailed with the reply's errno and message when the write fails
+        (strerror of the write's errno when no reply can be read), with the open's errno
+        when ctl cannot be opened, and with EPROTO when an accepted command's reply is
+        not a JSON object: the command ran, but what it said is lost.
+        """
+        try:
+            failed, raw = self.transport.transact(text.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            code = exc.errno if exc.errno is not None else errno_mod.EIO
+            raise ControlFailed(code, f"{self.control_dir / 'ctl'}: {_reason(exc)}") from None
+        reply = _decode(raw)
+        if failed is not None:
+            raise _refusal(failed, reply)
+        if reply is None:
+            raise ControlFailed(
+                PROTOCOL_ERRNO, f"command accepted but its reply is not a JSON object: {raw!r:.80}"
+            )
+        if reply.get("ok") is False:
+            # The write said yes and the reply says no: believe the refusal.
+            raise _refusal(PROTOCOL_ERRNO, reply)
+        if reply.get("ok") is not True:
+            raise ControlFailed(
+                PROTOCOL_ERRNO, f"command accepted but its reply lacks ok: {raw!r:.80}"
+            )
+        return reply
+
+    def _send(self, words: list[str]) -> Reply:
+        return self.command(shlex.join(words))
+
+    # --- typed commands (SPEC 4 "Commands") -------------------------------------------
+
+    def attach(
+        self,
+        name: str,
+        source: str,
+        *,
+        ro: bool = False,
+        owner: str | int | None = None,
+        allow: Sequence[str] | None = None,
+        holder: str | None = None,
+        expire_s: float | None = None,
+    ) -> Reply:
+        """`attach NAME SOURCE ...`; the reply names dev, ino, mount_id and fstype."""
+        words = ["attach", name, source, *(["ro"] if ro else [])]
+        return self._send(words + _options(owner, allow, holder, expire_s))
+
+    def mount(
+        self,
+        name: str,
+        fstype: str,
+        source: str,
+        *,
+        ro: bool = False,
+        options: str | None = None,
+        owner: str | int | None = None,
+        allow: Sequence[str] | None = None,
+        holder: str | None = None,
+        expire_s: float | None = None,
+    ) -> Reply:
+        """`mount NAME FSTYPE SOURCE ...` (admins only); source is a path or "none"."""
+        words = ["mount", name, fstype, source, *(["ro"] if ro else [])]
+        if options is not None:
+            words.append(f"options={options}")
+        return self._send(words + _options(owner, allow, holder, expire_s))
+
+    def hold(self, name: str, holder: str) -> Reply:
+        return self._send(["hold", name, holder])
+
+    def release(self, name: str, holder: str) -> Reply:
+        """Remove holder; the daemon detaches a holder-made subtree at its last release."""
+        return self._send(["release", name, holder])
+
+    def set(
+        self,
+        name: str,
+        *,
+        ro: bool | None = None,
+        owner: str | int | None = None,
+        allow: Sequence[str] | None = None,
+    ) -> Reply:
+        """`set NAME [ro|rw] [owner=] [allow=]`: None leaves a setting alone, allow=[] clears."""
+        words = ["set", name]
+        if ro is not None:
+            words.append("ro" if ro else "rw")
+        return self._send(words + _options(owner, allow, None, None))
+
+    def detach(self, name: str, *, force: bool = False) -> Reply:
+        """`detach NAME [force]`; EBUSY while files are open unless force."""
+        return self._send(["detach", name, *(["force"] if force else [])])
+
+    # --- listings --------------------------------------------------------------------
+
+    def mounts(self) -> list[MountRecord]:
+        """The subtrees the caller may see, from mounts.json."""
+        return parse_mounts(self.mounts_json(), str(self.control_dir / "mounts.json"))
+
+    def mounts_json(self) -> bytes:
+        """mounts.json as the daemon wrote it, unparsed."""
+        return self._read("mounts.json")
+
+    def mounts_text(self) -> str:
+        """The `mounts` file: one line per subtree the caller may see."""
+        return self._read("mounts").decode("utf-8", errors="replace")
+
+    def version(self) -> str:
+        """The daemon's version number, "X.Y.Z", from `version` ("fusemount X.Y.Z")."""
+        path = self.control_dir / "version"
+        text = self._read("version").decode("utf-8", errors="replace").strip()
+        program, _, number = text.partition(" ")
+        if program != "fusemount" or not number or " " in number:
+            raise ControlFailed(
+                PROTOCOL_ERRNO, f"{path}: expected 'fusemount X.Y.Z', got {text!r:.60}"
+            )
+        return number
+
+    def _read(self, name: str) -> bytes:
+        # Read to EOF, never by st_size: control files are direct I/O and stat as 0 bytes.
+        path = self.control_dir / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_LISTING_BYTES:
+                        raise ControlFailed(
+                            PROTOCOL_ERRNO, f"{path}: larger than {MAX_LISTING_BYTES} bytes"
+                        )
+            finally:
+                os.close(fd)
+        except ControlFailed:
+            raise
+        except OSError as exc:
+            code = exc.errno if exc.errno is not None else errno_mod.EIO
+            raise ControlFailed(code, f"{path}: {_reason(exc)}") from None
+        return b"".join(chunks)
+
+
+def _options(
+    owner: str | int | None,
+    allow: Sequence[str] | None,
+    holder: str | None,
+    expire_s: float | None,
+) -> list[str]:
+    words: list[str] = []
+    if owner is not None:
+        words.append(f"owner={owner}")
+    if allow is not None:
+        words.append("allow=" + _render_allow(allow))
+    if holder is not None:
+        words.append(f"holder={holder}")
+    if expire_s is not None:
+        words.append(f"expire={_render_seconds(expire_s)}")
+    return words
+
+
+def _render_allow(allow: Sequence[str]) -> str:
+    # A bare str is a Sequence[str] too; "alice:ro" would go out as "a,l,i,c,e,:,r,o".
+    if isinstance(allow, str):
+        raise TypeError(f"allow takes a list of entries such as ['alice:ro'], not {allow!r}")
+    for entry in allow:
+        # Quoting keeps words apart, not list items: a comma would smuggle in a grant.
+        if not isinstance(entry, str) or "," in entry:
+            raise ValueError(f"allow: bad entry {entry!r}: one USER:ro|rw, @GROUP:ro|rw or *:ro")
+    return ",".join(allow)
+
+
+def _render_seconds(seconds: float) -> str:
+    if isinstance(seconds, bool) or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expire_s must be a positive number of seconds, got {seconds!r}")
+    return str(seconds) if isinstance(seconds, int) else repr(float(seconds))
+
+
+def _decode(raw: bytes) -> Reply | None:
+    """The reply line as a JSON object, or None if there is none or it is not one."""
+    try:
+        decoded = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+def _refusal(failed: int, reply: Reply | None) -> ControlFailed:
+    """The ControlFailed for a refused command: the reply's word first, the write's second."""
+    if reply is None or reply.get("ok") is not False:
+        return ControlFailed(failed, os.strerror(failed))
+    name, message = reply.get("errno"), reply.get("message")
+    code = _errno_named(name)
+    text = message if isinstance(message, str) and message else os.strerror(code or failed)
+    if code is None:
+        return ControlFailed(failed, text)
+    # Keep the daemon's spelling: EWOULDBLOCK and EAGAIN share a number.
+    return ControlFailed(code, text, errno_name=str(name))
+
+
+def _errno_named(name: object) -> int | None:
+    if not isinstance(name, str) or not name.startswith("E"):
+        return None
+    code = getattr(errno_mod, name, None)
+    return code if isinstance(code, int) else None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -1,0 +1,368 @@
+"""Control commands end to end: parse, decide, act, persist, audit, reply (SPEC 4, 5, 8).
+
+Order for every state change: check everything (policy, table caps, source), act on the
+sources, commit to the table, write the state file durably, then reply. If the state file
+cannot be written the change is rolled back and the command fails: nothing acknowledged
+is ever lost, nothing refused ever changes anything. A command runs with no `await`
+between its checks and its commit, so concurrent writers are serialised by trio itself;
+only the cache invalidation that follows a committed change awaits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+from collections.abc import Callable
+
+from fusemount import principals
+from fusemount.audit import AuditLog
+from fusemount.core import protocol
+from fusemount.core.protocol import Attach, Command, Detach, Hold, Mount, Release, Set
+from fusemount.core.records import (
+    Access,
+    Caller,
+    ControlError,
+    GrantSpec,
+    Identity,
+    Kind,
+    Policy,
+    State,
+    SubtreeSpec,
+)
+from fusemount.core.subtrees import same_source, with_holder, without_holder
+from fusemount.host import sources
+from fusemount.host.sources import OpenedSource
+from fusemount.state import StateError, StateStore
+from fusemount.view.context import ViewContext
+from fusemount.view.live import LiveSubtree
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, ctx: ViewContext, state: StateStore, audit: AuditLog,
+                 count: Callable[[str, str], None] = lambda verb, result: None) -> None:
+        self.ctx = ctx
+        self.state = state
+        self.audit = audit
+        self.count = count
+        self._pending: list[tuple[LiveSubtree, bool]] = []  # caches to invalidate
+
+    # --- entry point ----------------------------------------------------------------------
+
+    async def execute(self, opener: Caller, data: bytes) -> tuple[int, bytes]:
+        """Run one ctl write. Returns (0 or errno, reply line). Never raises ControlError."""
+        caller = self.ctx.callers.with_groups(opener)
+        text = data.decode("utf-8", "backslashreplace").rstrip("\n")
+        verb = "?"
+        try:
+            command = protocol.parse(data, self.ctx.config.limits.max_command_bytes)
+            verb = protocol.verb_of(command)
+            fields, changes = self._dispatch(caller, command)
+        except ControlError as exc:
+            code = exc.errno or errno.EIO
+            self._record(caller, text, verb, code, exc.message, None)
+            return code, protocol.render_error(code, exc.message)
+        self._record(caller, text, verb, 0, "", changes)
+        pending, self._pending = self._pending, []
+        for subtree, gone in pending:
+            await self.ctx.invalidate(subtree, gone)
+        return 0, protocol.render_ok(**fields)
+
+    def _record(self, caller: Caller, text: str, verb: str, code: int, message: str,
+                changes: dict[str, object] | None) -> None:
+        name = errno.errorcode.get(code, str(code)) if code else None
+        self.audit.record(uid=caller.uid, gid=caller.gid, pid=caller.pid, command=text,
+                          ok=not code, errno_name=name, message=message, changes=changes)
+        self.count(verb, name or "ok")
+        if code:
+            log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message)
+
+    def _dispatch(self, caller: Caller,
+                  command: Command) -> tuple[dict[str, object], dict[str, object]]:
+        if isinstance(command, Attach):
+            return self._attach(caller, command)
+        if isinstance(command, Mount):
+            return self._mount(caller, command)
+        if isinstance(command, Hold):
+            return self._hold(caller, command)
+        if isinstance(command, Release):
+            return self._release(caller, command)
+        if isinstance(command, Set):
+            return self._set(caller, command)
+        return self._detach(caller, command)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _is_admin(self, caller: Caller) -> bool:
+        return self.ctx.rules.is_admin(caller)
+
+    def _save(self) -> None:
+        try:
+            self.state.save(self.ctx.table.specs())
+        except (StateError, OSError) as exc:
+            code = getattr(exc, "errno", None) or errno.EIO
+            log.error("state file not written: %s", exc)
+            raise ControlError(code, f"state file not written: {exc}") from None
+
+    def _own_or_hidden(self, caller: Caller, spec: SubtreeSpec, what: str) -> None:
+        """Non-admins may act only on subtrees they own; ones they cannot see look missing."""
+        if self._is_admin(caller) or spec.policy.owner == caller.uid:
+            return
+        if self.ctx.access(caller, spec) is Access.NONE:
+            raise ControlError(errno.ENOENT, f"no such subtree: {spec.name}")
+        raise ControlError(errno.EACCES, f"{what}: {spec.name} is not yours")
+
+    def _policy(self, caller: Caller, owner: str | None, allow: tuple[GrantSpec, ...] | None,
+                ro: bool) -> Policy:
+        owner_uid = caller.uid if owner is None else principals.uid_of(owner)
+        if owner_uid != caller.uid and not self._is_admin(caller):
+            raise ControlError(errno.EACCES, "only admins may give a subtree to another owner")
+        grants = principals.grants_of(allow) if allow else ()
+        return Policy(owner=owner_uid, grants=grants, ro=ro)
+
+    def _reply_fields(self, spec: SubtreeSpec, opened: OpenedSource | None) -> dict[str, object]:
+        ident = opened.identity if opened is not None else spec.identity
+        fields: dict[str, object] = {"name": spec.name}
+        if ident is not None:
+            fields.update(dev=ident.dev, ino=ident.ino, mount_id=ident.mount_id,
+                          fstype=ident.fstype or spec.fstype)
+        if spec.holders:
+            fields["holders"] = list(spec.holders)
+        return fields
+
+    def _existing(self, caller: Caller, name: str, identity: Identity | None, holder: str | None,
+                  ) -> tuple[dict[str, object], dict[str, object]] | None:
+        """attach/mount on a taken name: same source adds the holder, another is EEXIST."""
+        found = self.ctx.table.get(name)
+        if found is None:
+            return None
+        _, spec = found
+        if spec.state is State.FAILED:
+            return None  # re-attaching a failed subtree replaces it (SPEC 8)
+        if not same_source(spec.identity, identity):
+            raise ControlError(errno.EEXIST, f"name {name} is taken by another source")
+        if holder is None or holder in spec.holders:
+            return self._reply_fields(spec, None), {}
+        self._own_or_hidden(caller, spec, "hold")
+        self.ctx.table.check_holder_room(spec, holder)
+        self.ctx.table.replace(with_holder(spec, holder))
+        try:
+            self._save()
+        except ControlError:
+            self.ctx.table.replace(spec)
+            raise
+        self._refresh_live(name)
+        return self._reply_fields(self.ctx.table.require(name)[1], None), {"holder_added": holder}
+
+    def _refresh_live(self, name: str) -> None:
+        live = self.ctx.live.get(name)
+        found = self.ctx.table.get(name)
+        if live is not None and found is not None:
+            live.spec = found[1]
+
+    def _commit_new(self, spec: SubtreeSpec, opened: OpenedSource) -> LiveSubtree:
+        table = self.ctx.table
+        old = table.get(spec.name)
+        if old is not None:  # a failed entry being re-attached
+            table.remove(spec.name)
+        sid = table.add(spec)
+        try:
+            self._save()
+        except ControlError:
+            table.remove(spec.name)
+            if old is not None:
+                table.add(old[1])
+            opened.close()
+            raise
+        live = LiveSubtree(sid, spec, opened)
+        self.ctx.inodes.add_root(live)
+        self.ctx.live[spec.name] = live
+        return live
+
+    def _room(self, caller: Caller, name: str, owner: int) -> None:
+        found = self.ctx.table.get(name)
+        if found is not None and found[1].state is State.FAILED:
+            self._own_or_hidden(caller, found[1], "attach")
+            return  # replacing a failed entry takes no new room
+        self.ctx.table.check_room(owner, per_user_cap_applies=not self._is_admin(caller))
+
+    # --- commands -----------------------------------------------------------------------------
+
+    def _attach(self, caller: Caller,
+                cmd: Attach) -> tuple[dict[str, object], dict[str, object]]:
+        is_admin = self._is_admin(caller)
+        self.ctx.rules.require_self_service(caller, "attach")
+        policy = self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
+        access_cfg = self.ctx.config.access
+        existing = self.ctx.table.get(cmd.name)
+        if existing is None or existing[1].state is State.FAILED:
+            self._room(caller, cmd.name, policy.owner)
+        opened = sources.open_attach_source(cmd.source, access_cfg, caller,
+                                            self_service=not is_admin, ro=cmd.ro)
+        try:
+            result = self._existing(caller, cmd.name, opened.identity, cmd.holder)
+        except BaseException:
+            opened.close()
+            raise
+        if result is not None:
+            opened.close()
+            return result
+        spec = SubtreeSpec(
+            name=cmd.name, kind=Kind.ATTACH, source=cmd.source, identity=opened.identity,
+            policy=policy, holders=(cmd.holder,) if cmd.holder else (),
+            created_with_holder=cmd.holder is not None, expire_s=cmd.expire_s,
+        )
+        self._commit_new(spec, opened)
+        return self._reply_fields(spec, opened), {"attached": cmd.name, "source": cmd.source}
+
+    def _mount(self, caller: Caller, cmd: Mount) -> tuple[dict[str, object], dict[str, object]]:
+        self.ctx.rules.require_admin(caller, "mount", errno.EPERM)
+        if cmd.fstype not in self.ctx.config.access.mount_fstypes:
+            raise ControlError(errno.EPERM, f"filesystem type {cmd.fstype} is not in "
+                               "access.mount_fstypes")
+        policy = self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
+        identity = sources.mount_source_identity(cmd.fstype, cmd.source)
+        existing = self.ctx.table.get(cmd.name)
+        if existing is not None and existing[1].state is not State.FAILED:
+            if existing[1].kind is not Kind.MOUNT or existing[1].fstype != cmd.fstype:
+                raise ControlError(errno.EEXIST, f"name {cmd.name} is taken by another source")
+            result = self._existing(caller, cmd.name, identity, cmd.holder)
+            assert result is not None
+            return result
+        self._room(caller, cmd.name, policy.owner)
+        opened = sources.open_mount_source(cmd.fstype, cmd.source, cmd.options, cmd.ro)
+        spec = SubtreeSpec(
+            name=cmd.name, kind=Kind.MOUNT, source=cmd.source, identity=identity,
+            policy=policy, fstype=cmd.fstype, options=cmd.options,
+            holders=(cmd.holder,) if cmd.holder else (),
+            created_with_holder=cmd.holder is not None, expire_s=cmd.expire_s,
+        )
+        self._commit_new(spec, opened)
+        fields = self._reply_fields(spec, opened)
+        return fields, {"mounted": cmd.name, "fstype": cmd.fstype, "source": cmd.source}
+
+    def _hold(self, caller: Caller, cmd: Hold) -> tuple[dict[str, object], dict[str, object]]:
+        self.ctx.rules.require_admin(caller, "hold")
+        _, spec = self.ctx.table.require(cmd.name)
+        if cmd.holder in spec.holders:
+            return self._reply_fields(spec, None), {}
+        self.ctx.table.check_holder_room(spec, cmd.holder)
+        self._change(spec, with_holder(spec, cmd.holder))
+        return self._reply_fields(with_holder(spec, cmd.holder), None), {
+            "holder_added": cmd.holder}
+
+    def _release(self, caller: Caller,
+                 cmd: Release) -> tuple[dict[str, object], dict[str, object]]:
+        self.ctx.rules.require_admin(caller, "release")
+        _, spec = self.ctx.table.require(cmd.name)
+        new = without_holder(spec, cmd.holder)
+        if not new.holders and spec.created_with_holder:
+            self._remove(spec, force=True)
+            return {"name": cmd.name, "detached": True}, {"holder_removed": cmd.holder,
+                                                          "detached": cmd.name}
+        self._change(spec, new)
+        return {"name": cmd.name, "holders": list(new.holders)}, {"holder_removed": cmd.holder}
+
+    def _set(self, caller: Caller, cmd: Set) -> tuple[dict[str, object], dict[str, object]]:
+        self.ctx.rules.require_self_service(caller, "set")
+        _, spec = self.ctx.table.require(cmd.name)
+        self._own_or_hidden(caller, spec, "set")
+        policy = spec.policy
+        changes: dict[str, object] = {}
+        if cmd.owner is not None:
+            owner = principals.uid_of(cmd.owner)
+            if owner != policy.owner and not self._is_admin(caller):
+                raise ControlError(errno.EACCES, "only admins may change the owner")
+            policy = dataclasses.replace(policy, owner=owner)
+            changes["owner"] = owner
+        if cmd.allow is not None:
+            grants = principals.grants_of(cmd.allow)
+            policy = dataclasses.replace(policy, grants=grants)
+            changes["allow"] = [principals.render_grant(g) for g in grants]
+        if cmd.ro is not None:
+            policy = dataclasses.replace(policy, ro=cmd.ro)
+            changes["ro"] = cmd.ro
+        if cmd.squash_root is not None:
+            policy = dataclasses.replace(policy, squash_root=cmd.squash_root)
+            changes["squash"] = "root" if cmd.squash_root else "none"
+        live = self.ctx.live.get(cmd.name)
+        if cmd.ro is not None and live is not None and live.source is not None:
+            try:
+                sources.set_readonly(live.source, cmd.ro)
+            except OSError as exc:
+                raise ControlError(exc.errno or errno.EIO, f"cannot change ro: {exc}") from None
+        try:
+            self._change(spec, dataclasses.replace(spec, policy=policy))
+        except ControlError:
+            if cmd.ro is not None and live is not None and live.source is not None:
+                sources.set_readonly(live.source, spec.policy.ro)
+            raise
+        if live is not None:
+            self._pending.append((live, False))
+        return {"name": cmd.name}, changes
+
+    def _detach(self, caller: Caller,
+                cmd: Detach) -> tuple[dict[str, object], dict[str, object]]:
+        self.ctx.rules.require_self_service(caller, "detach")
+        _, spec = self.ctx.table.require(cmd.name)
+        self._own_or_hidden(caller, spec, "detach")
+        live = self.ctx.live.get(cmd.name)
+        if live is not None and live.open_files and not cmd.force:
+            raise ControlError(errno.EBUSY, f"{cmd.name} has {live.open_files} open files")
+        self._remove(spec, force=cmd.force)
+        return {"name": cmd.name}, {"detached": cmd.name, "force": cmd.force}
+
+    # --- state changes --------------------------------------------------------------------
+
+    def _change(self, old: SubtreeSpec, new: SubtreeSpec) -> None:
+        self.ctx.table.replace(new)
+        try:
+            self._save()
+        except ControlError:
+            self.ctx.table.replace(old)
+            raise
+        self._refresh_live(new.name)
+
+    def _remove(self, spec: SubtreeSpec, *, force: bool) -> None:
+        self.ctx.table.remove(spec.name)
+        try:
+            self._save()
+        except ControlError:
+            self.ctx.table.add(spec)  # a new id is harmless: the live object keeps its own
+            raise
+        self.unpublish(spec.name)
+
+    def unpublish(self, name: str) -> None:
+        """Take a removed subtree out of the view: the name vanishes now, the source closes
+        after the last open file (SPEC 4 detach force)."""
+        live = self.ctx.live.pop(name, None)
+        if live is None:
+            return
+        live.detached = True
+        self.ctx.inodes.drop_subtree(live)
+        if live.open_files == 0:
+            live.close()
+        self._pending.append((live, True))
+
+    def expire(self, name: str) -> None:
+        """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
+        found = self.ctx.table.get(name)
+        if found is None:
+            return
+        _, spec = found
+        try:
+            self._remove(spec, force=False)
+        except ControlError as exc:
+            log.warning("expiry of %s failed: %s", name, exc.message)
+            return
+        log.info("subtree %s expired after %ss idle", name, spec.expire_s)
+        self.audit.record(uid=0, gid=0, pid=0, command=f"expire {name}", ok=True,
+                          changes={"detached": name, "expired_after_s": spec.expire_s,
+                                   "holders_released": list(spec.holders)})
+
+    async def flush_pending(self) -> None:
+        pending, self._pending = self._pending, []
+        for subtree, gone in pending:
+            await self.ctx.invalidate(subtree, gone)

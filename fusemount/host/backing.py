@@ -1,0 +1,215 @@
+"""Operations on sources. Descriptors only: nothing here accepts a path (SPEC 1, 3).
+
+Every function is one `*at()` call (or a few on the same descriptor) relative to a
+descriptor the caller holds, with a single-component name that ops.py has already
+refused if it is `.`, `..`, empty or contains `/`. Symlinks are never followed: names
+are opened with O_NOFOLLOW, metadata calls use AT_SYMLINK_NOFOLLOW or AT_EMPTY_PATH.
+The one place a path string appears is `/proc/self/fd/N`, the kernel's name for a
+descriptor we hold, used where Linux offers a call only by path on O_PATH descriptors
+(re-opening for I/O, xattrs, access checks); it resolves to exactly that object.
+Calls that create or change objects run as the caller (creds.as_caller).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from fusemount.core.records import Caller
+from fusemount.host import syscalls
+from fusemount.host.creds import as_caller
+
+O_LOOKUP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_EMPTY = syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW
+# open(2) flags a FUSE open may carry that we pass on when re-opening the object.
+_PASS_FLAGS = (
+    os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
+    | os.O_DIRECT | os.O_NONBLOCK
+)
+_SETID = stat.S_ISUID | stat.S_ISGID
+
+
+def proc_path(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def lookup(parent_fd: int, name: bytes) -> tuple[int, os.stat_result]:
+    """Open name (never following it) as O_PATH; returns the descriptor and its stat."""
+    fd = os.open(name, O_LOOKUP, dir_fd=parent_fd)
+    try:
+        return fd, os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def stat_name(parent_fd: int, name: bytes) -> os.stat_result:
+    return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+
+
+def getattr_(fd: int) -> os.stat_result:
+    return os.fstat(fd)
+
+
+def refuse_setid_on_file(mode: int, file_mode: int) -> None:
+    """SPEC 3: set-user-ID and set-group-ID bits never get onto a regular file."""
+    if stat.S_ISREG(file_mode) and mode & _SETID:
+        raise OSError(errno.EPERM, "set-ID bits are not allowed on regular files")
+
+
+def chmod(fd: int, mode: int, caller: Caller) -> None:
+    with as_caller(caller):
+        syscalls.fchmodat2(fd, b"", mode & 0o7777, syscalls.AT_EMPTY_PATH)
+
+
+def chown(fd: int, uid: int, gid: int, caller: Caller) -> None:
+    with as_caller(caller):
+        syscalls.fchownat(fd, b"", uid, gid, _EMPTY)
+
+
+def truncate(fd: int, size: int, caller: Caller, open_fd: int | None) -> None:
+    if open_fd is not None:
+        with as_caller(caller):
+            os.ftruncate(open_fd, size)
+        return
+    with as_caller(caller):
+        wfd = os.open(proc_path(fd), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(wfd, size)
+    finally:
+        os.close(wfd)
+
+
+def utimens(fd: int, atime_ns: int | None, mtime_ns: int | None, caller: Caller,
+            *, atime_now: bool = False, mtime_now: bool = False) -> None:
+    with as_caller(caller):
+        syscalls.utimensat(fd, b"", atime_ns, mtime_ns, _EMPTY,
+                           atime_now=atime_now, mtime_now=mtime_now)
+
+
+def readlink(fd: int) -> bytes:
+    return os.readlink(b"", dir_fd=fd)
+
+
+def reopen(fd: int, flags: int, caller: Caller) -> int:
+    """A real descriptor for an O_PATH-held regular file, opened as the caller."""
+    with as_caller(caller):
+        return os.open(proc_path(fd), (flags & _PASS_FLAGS) | os.O_CLOEXEC)
+
+
+def opendir(fd: int, caller: Caller) -> int:
+    with as_caller(caller):
+        return os.open(proc_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def listdir(dir_fd: int) -> list[bytes]:
+    """Entry names of an open directory, `.` and `..` excluded."""
+    os.lseek(dir_fd, 0, os.SEEK_SET)
+    with os.scandir(dir_fd) as it:
+        return [os.fsencode(e.name) for e in it]
+
+
+def create(parent_fd: int, name: bytes, flags: int, mode: int, caller: Caller) -> int:
+    """Create-or-open name as the caller; never follows a symlink at name (ELOOP)."""
+    refuse_setid_on_file(mode, stat.S_IFREG)
+    oflags = (flags & _PASS_FLAGS) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    if flags & os.O_EXCL:
+        oflags |= os.O_EXCL
+    with as_caller(caller):
+        return os.open(name, oflags, mode & 0o7777, dir_fd=parent_fd)
+
+
+def path_fd_of(open_fd: int) -> tuple[int, os.stat_result]:
+    """An O_PATH descriptor of the same object as an open descriptor, and its stat."""
+    fd = os.open(proc_path(open_fd), os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def mkdir(parent_fd: int, name: bytes, mode: int, caller: Caller) -> tuple[int, os.stat_result]:
+    with as_caller(caller):
+        os.mkdir(name, mode & 0o7777, dir_fd=parent_fd)
+    return lookup(parent_fd, name)
+
+
+def mknod(parent_fd: int, name: bytes, mode: int, rdev: int,
+          caller: Caller) -> tuple[int, os.stat_result]:
+    kind = stat.S_IFMT(mode)
+    if kind in (stat.S_IFCHR, stat.S_IFBLK):
+        raise OSError(errno.EPERM, "device nodes are never created (SPEC 3)")
+    if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, 0):
+        raise OSError(errno.EINVAL, "unsupported node type")
+    refuse_setid_on_file(mode, stat.S_IFREG if kind in (stat.S_IFREG, 0) else kind)
+    with as_caller(caller):
+        os.mknod(name, mode, 0, dir_fd=parent_fd)
+    return lookup(parent_fd, name)
+
+
+def symlink(parent_fd: int, name: bytes, target: bytes,
+            caller: Caller) -> tuple[int, os.stat_result]:
+    with as_caller(caller):
+        os.symlink(target, name, dir_fd=parent_fd)
+    return lookup(parent_fd, name)
+
+
+def link(fd: int, new_parent_fd: int, new_name: bytes) -> tuple[int, os.stat_result]:
+    """Hard link the object held by fd. Runs as root: linking by descriptor needs
+    CAP_DAC_READ_SEARCH, the kernel has already checked the caller's rights
+    (default_permissions, protected_hardlinks), and a link creates no new inode to own."""
+    syscalls.linkat(fd, b"", new_parent_fd, new_name, syscalls.AT_EMPTY_PATH)
+    return lookup(new_parent_fd, new_name)
+
+
+def unlink(parent_fd: int, name: bytes, caller: Caller) -> None:
+    with as_caller(caller):
+        os.unlink(name, dir_fd=parent_fd)
+
+
+def rmdir(parent_fd: int, name: bytes, caller: Caller) -> None:
+    with as_caller(caller):
+        os.rmdir(name, dir_fd=parent_fd)
+
+
+def rename(old_parent_fd: int, old: bytes, new_parent_fd: int, new: bytes, flags: int,
+           caller: Caller) -> None:
+    if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE):
+        raise OSError(errno.EINVAL, "unsupported rename flags")
+    with as_caller(caller):
+        syscalls.renameat2(old_parent_fd, old, new_parent_fd, new, flags)
+
+
+def statfs(fd: int) -> os.statvfs_result:
+    return os.fstatvfs(fd)
+
+
+# xattrs: no *xattr call accepts an O_PATH descriptor, so these go through /proc/self/fd/N,
+# which lands on the held object itself (a symlink too) without following anything further.
+
+def getxattr(fd: int, name: bytes, caller: Caller) -> bytes:
+    with as_caller(caller):
+        return os.getxattr(proc_path(fd), name)
+
+
+def listxattr(fd: int, caller: Caller) -> list[bytes]:
+    with as_caller(caller):
+        return [os.fsencode(n) for n in os.listxattr(proc_path(fd))]
+
+
+def setxattr(fd: int, name: bytes, value: bytes, flags: int, caller: Caller) -> None:
+    with as_caller(caller):
+        os.setxattr(proc_path(fd), name, value, flags)
+
+
+def removexattr(fd: int, name: bytes, caller: Caller) -> None:
+    with as_caller(caller):
+        os.removexattr(proc_path(fd), name)
+
+
+def access(fd: int, mode: int, caller: Caller) -> bool:
+    with as_caller(caller):
+        return os.access(proc_path(fd), mode, effective_ids=True)

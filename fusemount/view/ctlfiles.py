@@ -1,0 +1,268 @@
+"""The view's own objects: the root directory and `.fusemount/` (SPEC 3, 4).
+
+The root lists `.fusemount` and the subtrees the caller may see; nothing can be created,
+removed or renamed in it. Control files are served with direct I/O (size 0). Each open
+of `mounts`, `mounts.json`, `metrics` or `version` takes a snapshot for its reader; `ctl`
+keeps the reply to the last command written on that open file description.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pyfuse3
+from pyfuse3 import (
+    EntryAttributes,
+    FileHandleT,
+    FileInfo,
+    FileNameT,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+)
+
+from fusemount import __version__
+from fusemount.core.records import Access, Caller, State
+from fusemount.view.attrs import fill, synthetic
+from fusemount.view.handles import ControlHandle, Handle
+
+if TYPE_CHECKING:
+    from fusemount.control import Controller
+    from fusemount.view.context import ViewContext
+
+ROOT_INO = pyfuse3.ROOT_INODE
+CTL_DIR_INO = 2
+CTL_INO = 3
+MOUNTS_INO = 4
+MOUNTS_JSON_INO = 5
+METRICS_INO = 6
+VERSION_INO = 7
+_LAST_CONTROL_INO = 999  # dynamic inode numbers start above (inodes.FIRST_DYNAMIC_INO)
+
+CTL_DIR_NAME = b".fusemount"
+_FILES: dict[bytes, tuple[int, int]] = {
+    b"ctl": (CTL_INO, 0o666),
+    b"mounts": (MOUNTS_INO, 0o444),
+    b"mounts.json": (MOUNTS_JSON_INO, 0o444),
+    # 0444 so the kernel lets admins-by-group open it; open() itself refuses non-admins.
+    b"metrics": (METRICS_INO, 0o444),
+    b"version": (VERSION_INO, 0o444),
+}
+_MODES = {ino: mode for ino, mode in _FILES.values()}
+_STATIC_TIMEOUT = 60.0
+
+
+def is_control(ino: int) -> bool:
+    return ino <= _LAST_CONTROL_INO
+
+
+def is_control_fh(handle: Handle) -> bool:
+    return isinstance(handle, ControlHandle)
+
+
+def _escape(text: str) -> str:
+    """/proc/mounts-style escaping so a source with spaces stays one field."""
+    return (text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+            .replace("\n", "\\012"))
+
+
+class ControlFiles:
+    def __init__(self, ctx: ViewContext) -> None:
+        self.ctx = ctx
+        self.render_metrics: Callable[[], str] = lambda: ""
+        self.controller: Controller | None = None
+
+    # --- attributes -------------------------------------------------------------------------
+
+    def _attrs(self, ino: int) -> EntryAttributes:
+        t = self.ctx.start_ns
+        if ino == ROOT_INO:
+            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, 0.0)
+        if ino == CTL_DIR_INO:
+            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
+        if ino in _MODES:
+            return synthetic(ino, stat.S_IFREG | _MODES[ino], 1, t, _STATIC_TIMEOUT)
+        raise OSError(errno.ENOENT, "no such control object")
+
+    def lookup(self, parent: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        if parent == ROOT_INO:
+            if name == CTL_DIR_NAME:
+                return self._attrs(CTL_DIR_INO)
+            return self._lookup_subtree(name, ctx)
+        if parent == CTL_DIR_INO and name in _FILES:
+            return self._attrs(_FILES[name][0])
+        raise OSError(errno.ENOENT, "no such control file")
+
+    def _lookup_subtree(self, name: bytes, ctx: RequestContext) -> EntryAttributes:
+        try:
+            subtree = self.ctx.live.get(name.decode())
+        except UnicodeDecodeError:
+            subtree = None
+        caller = self.ctx.callers.from_ctx(ctx)
+        # ENOENT, not EACCES: a hidden subtree must look missing (SPEC 5).
+        if subtree is None or self.ctx.access(caller, subtree.spec) is Access.NONE:
+            raise OSError(errno.ENOENT, "no such subtree")
+        node = self.ctx.inodes.node(subtree.root_ino)
+        st = os.fstat(self.ctx.inodes.fd(node))
+        self.ctx.inodes.count_lookup(node)
+        subtree.last_access = self.ctx.now()
+        # entry_timeout 0: every walk into the subtree comes back here, as its caller.
+        return fill(EntryAttributes(), node.ino, st, 0.0, self.ctx.config.cache.attr_timeout)
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        """Control inodes are static: the kernel may forget them, nothing to release."""
+
+    def getattr(self, ino: int, ctx: RequestContext) -> EntryAttributes:
+        return self._attrs(ino)
+
+    def setattr(self, ino: int, fields: SetattrFields, ctx: RequestContext) -> EntryAttributes:
+        # `echo cmd > ctl` may truncate (O_TRUNC, or a size-0 setattr): accepted and ignored.
+        if ino == CTL_INO and fields.update_size and not (
+            fields.update_mode or fields.update_uid or fields.update_gid
+        ):
+            return self._attrs(ino)
+        raise OSError(errno.EPERM, "control files cannot be changed")
+
+    # --- directories ------------------------------------------------------------------------
+
+    def opendir(self, ino: int, ctx: RequestContext) -> FileHandleT:
+        if ino not in (ROOT_INO, CTL_DIR_INO):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        caller = self.ctx.callers.from_ctx(ctx)
+        handle = self.ctx.handles.add_control(ino, caller)
+        if ino == ROOT_INO:
+            handle.entries = [(b".", ROOT_INO), (b"..", ROOT_INO),
+                              (CTL_DIR_NAME, CTL_DIR_INO)] + [
+                (s.name.encode(), s.root_ino) for s in self.ctx.visible(caller)
+            ]
+        else:
+            handle.entries = [(b".", CTL_DIR_INO), (b"..", ROOT_INO)] + [
+                (name, ino_) for name, (ino_, _) in _FILES.items()]
+        return FileHandleT(handle.fh)
+
+    def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
+        inodes = self.ctx.inodes
+        for index in range(start_id, len(handle.entries)):
+            name, ino = handle.entries[index]
+            if is_control(ino):
+                attrs = self._attrs(ino)
+                node = None
+            else:
+                node = inodes.get(ino)
+                if node is None or not node.subtree.live:
+                    continue  # detached since the listing was taken
+                try:
+                    st = os.fstat(inodes.fd(node))
+                except OSError:
+                    continue
+                attrs = fill(EntryAttributes(), ino, st, 0.0, self.ctx.config.cache.attr_timeout)
+            if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, index + 1):
+                break
+            if node is not None:
+                inodes.count_lookup(node)
+
+    # --- files --------------------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int, ctx: RequestContext) -> FileInfo:
+        if ino in (ROOT_INO, CTL_DIR_INO):
+            raise OSError(errno.EISDIR, "is a directory")
+        caller = self.ctx.callers.from_ctx(ctx)
+        writing = (flags & os.O_ACCMODE) != os.O_RDONLY
+        if writing and ino != CTL_INO:
+            raise OSError(errno.EACCES, "read-only control file")
+        if ino == METRICS_INO and not self.ctx.is_admin(caller):
+            raise OSError(errno.EACCES, "metrics are for admins")
+        content = b""
+        if ino == VERSION_INO:
+            content = f"fusemount {__version__}\n".encode()
+        elif ino == MOUNTS_INO:
+            content = self.mounts_text(caller).encode()
+        elif ino == MOUNTS_JSON_INO:
+            content = (json.dumps(self.mounts_records(caller), indent=1) + "\n").encode()
+        elif ino == METRICS_INO:
+            content = self.render_metrics().encode()
+        handle = self.ctx.handles.add_control(ino, caller, content)
+        return FileInfo(fh=FileHandleT(handle.fh), direct_io=True, keep_cache=False)
+
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self.ctx.handles.control(fh)
+        if handle.ino == CTL_INO:
+            # The reply is read after the command's write, at file offset len(command):
+            # serve it from the handle's own cursor, which each command resets.
+            chunk = handle.content[handle.cursor : handle.cursor + size]
+            handle.cursor += len(chunk)
+            return chunk
+        return handle.content[off : off + size]
+
+    async def write(self, handle: ControlHandle, data: bytes) -> int:
+        if handle.ino != CTL_INO or self.controller is None:
+            raise OSError(errno.EBADF, "not writable")
+        code, reply = await self.controller.execute(handle.caller, data)
+        handle.content = reply
+        handle.cursor = 0
+        if code:
+            raise pyfuse3.FUSEError(code)
+        return len(data)
+
+    # --- listings -----------------------------------------------------------------------------
+
+    def mounts_records(self, caller: Caller) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        is_admin = self.ctx.is_admin(caller)
+        for _, spec in self.ctx.table:
+            access = self.ctx.access(caller, spec)
+            if access is Access.NONE and not is_admin:
+                continue
+            live = self.ctx.live.get(spec.name)
+            ident = spec.identity
+            record: dict[str, object] = {
+                "name": spec.name,
+                "kind": spec.kind.value,
+                "source": spec.source,
+                "state": spec.state.value,
+                "reason": spec.reason,
+                "ro": spec.policy.ro,
+                "owner": spec.policy.owner,
+                "allow": [g.render() for g in spec.policy.grants],
+                "holders": list(spec.holders),
+                "squash": "root" if spec.policy.squash_root else "none",
+                "expire": spec.expire_s,
+                "dev": ident.dev if ident else None,
+                "ino": ident.ino if ident else None,
+                "mount_id": ident.mount_id if ident else None,
+                "fstype": (spec.fstype or (ident.fstype if ident else "")),
+                "open_files": live.open_files if live else 0,
+                "access": {Access.NONE: "none", Access.RO: "ro", Access.RW: "rw"}[access],
+                "health": "ok" if spec.state is State.ATTACHED else "failed",
+            }
+            if spec.kind.value == "mount":
+                record["options"] = spec.options
+            out.append(record)
+        return out
+
+    def mounts_text(self, caller: Caller) -> str:
+        lines = []
+        for r in self.mounts_records(caller):
+            opts = [
+                "ro" if r["ro"] else "rw",
+                f"kind={r['kind']}",
+                f"state={r['state']}",
+                f"owner={r['owner']}",
+                f"access={r['access']}",
+            ]
+            if r["allow"]:
+                allow = r["allow"]
+                assert isinstance(allow, list)
+                opts.append("allow=" + ";".join(str(a) for a in allow))
+            holders = r["holders"]
+            assert isinstance(holders, list)
+            if holders:
+                opts.append(f"holders={len(holders)}")
+            lines.append(f"{r['name']} {_escape(str(r['source']))} {r['fstype'] or '-'} "
+                         f"{_escape(','.join(opts))}\n")
+        return "".join(lines)

@@ -1,0 +1,153 @@
+"""Open files and directories: fh numbers, their descriptors, `max_open_files` (SPEC 6).
+
+A handle pins its node (its descriptor is never evicted while open) and counts against
+its subtree's open files, which is what makes `detach` EBUSY and keeps a force-detached
+source alive until the last close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from dataclasses import dataclass, field
+
+from fusemount.core.records import Caller
+from fusemount.view.inodes import InodeTable, Node
+from fusemount.view.live import LiveSubtree
+
+
+@dataclass(slots=True, eq=False)
+class FileHandle:
+    fh: int
+    node: Node
+    fd: int
+    writable: bool
+
+
+@dataclass(slots=True, eq=False)
+class DirHandle:
+    fh: int
+    node: Node
+    fd: int
+    caller: Caller
+    # Names listed at the first readdir; offsets index into it, so a directory changing
+    # while listed never makes an entry repeat or vanish from this listing.
+    names: list[bytes] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class ControlHandle:
+    """An open control file: per-open content snapshot or the last ctl reply (SPEC 4)."""
+
+    fh: int
+    ino: int
+    caller: Caller
+    content: bytes = b""
+    cursor: int = 0  # ctl only: how much of the reply has been read
+    entries: list[tuple[bytes, int]] = field(default_factory=list)  # control-dir listing
+
+
+Handle = FileHandle | DirHandle | ControlHandle
+
+
+class HandleTable:
+    def __init__(self, inodes: InodeTable, max_open_files: int) -> None:
+        self.inodes = inodes
+        self.max_open_files = max_open_files
+        self._by_fh: dict[int, Handle] = {}
+        self._next_fh = 1
+        self.on_last_close: list[LiveSubtree] = []  # detached subtrees now free to close
+
+    def __len__(self) -> int:
+        return len(self._by_fh)
+
+    def count_data(self) -> int:
+        return sum(1 for h in self._by_fh.values() if not isinstance(h, ControlHandle))
+
+    def _reserve(self) -> int:
+        if len(self._by_fh) >= self.max_open_files:
+            raise OSError(errno.ENFILE,
+                          f"open file limit reached (max_open_files={self.max_open_files})")
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def check_room(self) -> None:
+        """Raise ENFILE before doing work that would need a handle."""
+        if len(self._by_fh) >= self.max_open_files:
+            raise OSError(errno.ENFILE,
+                          f"open file limit reached (max_open_files={self.max_open_files})")
+
+    def add_file(self, node: Node, fd: int, writable: bool) -> FileHandle:
+        try:
+            fh = self._reserve()
+        except OSError:
+            os.close(fd)
+            raise
+        handle = FileHandle(fh, node, fd, writable)
+        self._attach(node, handle)
+        return handle
+
+    def add_dir(self, node: Node, fd: int, caller: Caller) -> DirHandle:
+        try:
+            fh = self._reserve()
+        except OSError:
+            os.close(fd)
+            raise
+        handle = DirHandle(fh, node, fd, caller)
+        self._attach(node, handle)
+        return handle
+
+    def add_control(self, ino: int, caller: Caller, content: bytes = b"") -> ControlHandle:
+        handle = ControlHandle(self._reserve(), ino, caller, content)
+        self._by_fh[handle.fh] = handle
+        return handle
+
+    def _attach(self, node: Node, handle: FileHandle | DirHandle) -> None:
+        self._by_fh[handle.fh] = handle
+        self.inodes.pin(node)
+        node.subtree.open_files += 1
+
+    def get(self, fh: int) -> Handle:
+        found = self._by_fh.get(fh)
+        if found is None:
+            raise OSError(errno.EBADF, "unknown file handle")
+        return found
+
+    def file(self, fh: int) -> FileHandle:
+        found = self._by_fh.get(fh)
+        if not isinstance(found, FileHandle):
+            raise OSError(errno.EBADF, "not an open file")
+        return found
+
+    def directory(self, fh: int) -> DirHandle:
+        found = self._by_fh.get(fh)
+        if not isinstance(found, DirHandle):
+            raise OSError(errno.EBADF, "not an open directory")
+        return found
+
+    def control(self, fh: int) -> ControlHandle:
+        found = self._by_fh.get(fh)
+        if not isinstance(found, ControlHandle):
+            raise OSError(errno.EBADF, "not a control file")
+        return found
+
+    def release(self, fh: int) -> None:
+        handle = self._by_fh.pop(fh, None)
+        if handle is None or isinstance(handle, ControlHandle):
+            return
+        os.close(handle.fd)
+        node = handle.node
+        subtree = node.subtree
+        subtree.open_files -= 1
+        self.inodes.unpin(node)
+        if subtree.detached and subtree.open_files == 0:
+            self.on_last_close.append(subtree)
+
+    def close_all(self) -> None:
+        for handle in self._by_fh.values():
+            if not isinstance(handle, ControlHandle):
+                with contextlib.suppress(OSError):
+                    os.close(handle.fd)
+        self._by_fh.clear()

@@ -1,0 +1,463 @@
+"""The pyfuse3 Operations: translate a request, check it, delegate, convert back (SPEC 3, 5).
+
+Each handler reads: who asks, which node, may they, do it, record it. Control inodes
+(the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
+inode is a Node of a live subtree, reached only through its held descriptor.
+
+Caching (SPEC 5): subtree entries in the root are returned with entry_timeout 0, so every
+path walk into a subtree asks the daemon, as that caller, whether the subtree exists for
+them; an outsider never passes the subtree root whatever the kernel has cached for others.
+Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the kernel's
+attributes of every inode of the subtree, so the next permission check comes back here.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Sequence
+
+import pyfuse3
+from pyfuse3 import (
+    EntryAttributes,
+    FileHandleT,
+    FileInfo,
+    FileNameT,
+    FlagT,
+    InodeT,
+    ModeT,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+    XAttrNameT,
+)
+from typing_extensions import override
+
+from fusemount.core.records import Access, Caller
+from fusemount.host import backing
+from fusemount.view import ctlfiles
+from fusemount.view.attrs import fill
+from fusemount.view.context import ViewContext
+from fusemount.view.errors import fuse_handler
+from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.inodes import Node
+
+log = logging.getLogger(__name__)
+
+_NOBODY = 65534
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+_PRIVATE_XATTR_NS = (b"trusted.", b"security.")
+
+
+def _check_name(name: bytes) -> None:
+    """Single-component names only: `.` and `..` are never looked up on a source (SPEC 1)."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise OSError(errno.ENOENT, "refused name")
+
+
+class Ops(pyfuse3.Operations):
+    supports_dot_lookup = False  # no export support: the kernel never asks for `..`
+    enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
+    enable_writeback_cache = False
+
+    def __init__(self, ctx: ViewContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.inodes = ctx.inodes
+        self.handles = ctx.handles
+        self.callers = ctx.callers
+        self.control = ctlfiles.ControlFiles(ctx)
+        self.entry_timeout = ctx.config.cache.entry_timeout
+        self.attr_timeout = ctx.config.cache.attr_timeout
+
+    # --- who may do what ---------------------------------------------------------------
+
+    def _enter(self, ctx: RequestContext, node: Node, *, write: bool = False,
+               groups: bool = False, new_names: bool = False) -> Caller:
+        """Check the caller may use node's subtree; return the caller the backing sees.
+
+        EACCES for a caller without access (the kernel may have cached the path for others),
+        EROFS for a modification under read-only access, ENOENT once the subtree is detached
+        and the request would reach a new name (new lookups fail, open files keep working).
+        """
+        subtree = node.subtree
+        if new_names and not subtree.live:
+            raise OSError(errno.ENOENT, "subtree detached")
+        caller = self.callers.from_ctx(ctx)
+        access = self.ctx.access(caller, subtree.spec)
+        if access is Access.NONE:
+            raise OSError(errno.EACCES, "no access to subtree")
+        if write and access is not Access.RW:
+            raise OSError(errno.EROFS, "read-only access")
+        subtree.last_access = self.ctx.now()
+        if caller.uid == 0 and subtree.spec.policy.squash_root:
+            return Caller(_NOBODY, _NOBODY, caller.pid, caller.umask)
+        if groups:
+            return self.callers.with_groups(caller)
+        return caller
+
+    def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
+        return fill(EntryAttributes(), node.ino, st, self.entry_timeout, self.attr_timeout)
+
+    def _node(self, ino: int) -> Node:
+        return self.inodes.node(ino)
+
+    # --- lookups and attributes -----------------------------------------------------------
+
+    @override
+    @fuse_handler
+    async def lookup(self, parent_inode: InodeT, name: FileNameT,
+                     ctx: RequestContext) -> EntryAttributes:
+        if ctlfiles.is_control(parent_inode):
+            return self.control.lookup(parent_inode, name, ctx)
+        _check_name(name)
+        parent = self._node(parent_inode)
+        self._enter(ctx, parent, new_names=True)
+        try:
+            fd, st = backing.lookup(self.inodes.fd(parent), name)
+        except FileNotFoundError:
+            negative = EntryAttributes()
+            negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
+            negative.entry_timeout = self.entry_timeout
+            return negative
+        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino)
+        return self._attrs(node, st)
+
+    @override
+    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
+        # Must not raise: pyfuse3 has no reply for forget.
+        for ino, nlookup in inode_list:
+            try:
+                if ctlfiles.is_control(ino):
+                    self.control.forget(ino, nlookup)
+                else:
+                    self.inodes.forget(ino, nlookup)
+            except Exception:
+                log.exception("forget(%d, %d) failed", ino, nlookup)
+        self.ctx.reap()
+
+    @override
+    @fuse_handler
+    async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
+        if ctlfiles.is_control(inode):
+            return self.control.getattr(inode, ctx)
+        node = self._node(inode)
+        self._enter(ctx, node)
+        return self._attrs(node, backing.getattr_(self.inodes.fd(node)))
+
+    @override
+    @fuse_handler
+    async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields,
+                      fh: FileHandleT | None, ctx: RequestContext) -> EntryAttributes:
+        if ctlfiles.is_control(inode):
+            return self.control.setattr(inode, fields, ctx)
+        node = self._node(inode)
+        caller = self._enter(ctx, node, write=True, groups=True)
+        fd = self.inodes.fd(node)
+        # The kernel has already applied setattr_prepare() for the caller (default_permissions:
+        # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
+        # is done as the caller only where the backing filesystem must judge it too.
+        if fields.update_mode:
+            backing.refuse_setid_on_file(attr.st_mode, backing.getattr_(fd).st_mode)
+            backing.chmod(fd, attr.st_mode, caller)
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            backing.chown(fd, uid, gid, caller)
+        if fields.update_size:
+            open_fd = None
+            if fh is not None:
+                handle = self.handles.get(fh)
+                if not isinstance(handle, ControlHandle | DirHandle):
+                    open_fd = handle.fd
+            backing.truncate(fd, attr.st_size, caller, open_fd)
+        if fields.update_atime or fields.update_mtime:
+            backing.utimens(
+                fd,
+                attr.st_atime_ns if fields.update_atime else None,
+                attr.st_mtime_ns if fields.update_mtime else None,
+                caller if caller.uid == _NOBODY else Caller(0, 0, caller.pid),
+            )
+        return self._attrs(node, backing.getattr_(fd))
+
+    @override
+    @fuse_handler
+    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        node = self._node(inode)
+        self._enter(ctx, node)
+        return FileNameT(backing.readlink(self.inodes.fd(node)))
+
+    @override
+    @fuse_handler
+    async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
+        if ctlfiles.is_control(inode):
+            return True
+        node = self._node(inode)
+        caller = self._enter(ctx, node, write=bool(mode & os.W_OK), groups=True)
+        return backing.access(self.inodes.fd(node), mode, caller)
+
+    @override
+    @fuse_handler
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        return self.ctx.statfs(self.callers.from_ctx(ctx))
+
+    # --- creating and removing names --------------------------------------------------------
+
+    def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
+                           ) -> tuple[Node, Caller]:
+        if ctlfiles.is_control(parent_inode):
+            raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
+        _check_name(name)
+        parent = self._node(parent_inode)
+        return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
+
+    def _adopt(self, parent: Node, made: tuple[int, os.stat_result]) -> EntryAttributes:
+        fd, st = made
+        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino)
+        return self._attrs(node, st)
+
+    @override
+    @fuse_handler
+    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
+                    ctx: RequestContext) -> EntryAttributes:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        return self._adopt(parent, backing.mkdir(self.inodes.fd(parent), name, mode, caller))
+
+    @override
+    @fuse_handler
+    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+                    ctx: RequestContext) -> EntryAttributes:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        return self._adopt(parent, backing.mknod(self.inodes.fd(parent), name, mode, rdev,
+                                                 caller))
+
+    @override
+    @fuse_handler
+    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                      ctx: RequestContext) -> EntryAttributes:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        return self._adopt(parent, backing.symlink(self.inodes.fd(parent), name, target,
+                                                   caller))
+
+    @override
+    @fuse_handler
+    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+                   ctx: RequestContext) -> EntryAttributes:
+        parent, _ = self._parent_for_change(new_parent_inode, new_name, ctx)
+        node = self._node(inode)
+        if node.subtree is not parent.subtree:
+            raise OSError(errno.EXDEV, "hard link between subtrees")
+        fd = self.inodes.fd(node)
+        return self._adopt(parent, backing.link(fd, self.inodes.fd(parent), new_name))
+
+    @override
+    @fuse_handler
+    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        backing.unlink(self.inodes.fd(parent), name, caller)
+
+    @override
+    @fuse_handler
+    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        backing.rmdir(self.inodes.fd(parent), name, caller)
+
+    @override
+    @fuse_handler
+    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
+                     parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
+                     ctx: RequestContext) -> None:
+        old_parent, caller = self._parent_for_change(parent_inode_old, name_old, ctx)
+        new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
+        if old_parent.subtree is not new_parent.subtree:
+            raise OSError(errno.EXDEV, "rename between subtrees")
+        old_fd = self.inodes.fd(old_parent)
+        new_fd = self.inodes.fd(new_parent)
+        backing.rename(old_fd, name_old, new_fd, name_new, flags, caller)
+
+    # --- files ------------------------------------------------------------------------------
+
+    @override
+    @fuse_handler
+    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
+        if ctlfiles.is_control(inode):
+            return self.control.open(inode, flags, ctx)
+        node = self._node(inode)
+        caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), new_names=True)
+        self.handles.check_room()
+        fd = backing.reopen(self.inodes.fd(node), flags, caller)
+        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
+        # keep_cache: pages stay valid across opens; the kernel drops them itself when it
+        # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
+        # go through the same page cache.
+        return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True)
+
+    @override
+    @fuse_handler
+    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
+        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        self.handles.check_room()
+        fd = backing.create(self.inodes.fd(parent), name, flags, mode, caller)
+        try:
+            path_fd, st = backing.path_fd_of(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino)
+        handle = self.handles.add_file(node, fd, True)
+        return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
+
+    @override
+    @fuse_handler
+    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
+        if ctlfiles.is_control_fh(self.handles.get(fh)):
+            return self.control.read(fh, off, size)
+        return os.pread(self.handles.file(fh).fd, size, off)
+
+    @override
+    @fuse_handler
+    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
+        handle = self.handles.get(fh)
+        if isinstance(handle, ControlHandle):
+            return await self.control.write(handle, buf)
+        return os.pwrite(self.handles.file(fh).fd, buf, off)
+
+    @override
+    @fuse_handler
+    async def flush(self, fh: FileHandleT) -> None:
+        handle = self.handles.get(fh)
+        if isinstance(handle, ControlHandle | DirHandle):
+            return
+        # close() of a duplicate reports deferred write errors as a native close would.
+        os.close(os.dup(handle.fd))
+
+    @override
+    @fuse_handler
+    async def release(self, fh: FileHandleT) -> None:
+        self.handles.release(fh)
+        self.ctx.reap()
+
+    @override
+    @fuse_handler
+    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        handle = self.handles.file(fh)
+        if datasync:
+            os.fdatasync(handle.fd)
+        else:
+            os.fsync(handle.fd)
+
+    # --- directories ------------------------------------------------------------------------
+
+    @override
+    @fuse_handler
+    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
+        if ctlfiles.is_control(inode):
+            return self.control.opendir(inode, ctx)
+        node = self._node(inode)
+        caller = self._enter(ctx, node, new_names=True)
+        self.handles.check_room()
+        fd = backing.opendir(self.inodes.fd(node), caller)
+        return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
+
+    @override
+    @fuse_handler
+    async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
+        handle = self.handles.get(fh)
+        if isinstance(handle, ControlHandle):
+            self.control.readdir(handle, start_id, token)
+            return
+        assert isinstance(handle, DirHandle)
+        if handle.names is None or start_id == 0:
+            handle.names = [b".", b"..", *backing.listdir(handle.fd)]
+        names = handle.names
+        subtree = handle.node.subtree
+        inodes = self.inodes
+        for index in range(start_id, len(names)):
+            name = names[index]
+            if index < 2:
+                # `.` and `..` as a native listing shows them; the kernel takes no lookup
+                # reference for them, and `..` is never resolved on the source (SPEC 1).
+                dot = self._attrs(handle.node, backing.getattr_(handle.fd))
+                if not pyfuse3.readdir_reply(token, FileNameT(name), dot, index + 1):
+                    break
+                continue
+            try:
+                st = backing.stat_name(handle.fd, name)
+            except FileNotFoundError:
+                continue  # removed since the listing was taken
+            node = inodes.find(subtree, st.st_dev, st.st_ino)
+            if node is None or not subtree.live:
+                try:
+                    fd, st = backing.lookup(handle.fd, name)
+                except FileNotFoundError:
+                    continue
+                node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino)
+            else:
+                inodes.count_lookup(node)
+            if not pyfuse3.readdir_reply(token, FileNameT(name), self._attrs(node, st),
+                                         index + 1):
+                inodes.forget(node.ino, 1)  # the kernel did not take this entry
+                break
+
+    @override
+    @fuse_handler
+    async def releasedir(self, fh: FileHandleT) -> None:
+        self.handles.release(fh)
+        self.ctx.reap()
+
+    @override
+    @fuse_handler
+    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
+        handle = self.handles.get(fh)
+        if isinstance(handle, DirHandle):
+            os.fsync(handle.fd)
+
+    # --- extended attributes ----------------------------------------------------------------
+
+    def _xattr_node(self, inode: int, ctx: RequestContext, write: bool) -> tuple[Node, Caller]:
+        if ctlfiles.is_control(inode):
+            raise OSError(errno.EPERM if write else pyfuse3.ENOATTR, "no xattrs here")
+        node = self._node(inode)
+        return node, self._enter(ctx, node, write=write, groups=write)
+
+    @override
+    @fuse_handler
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        node, caller = self._xattr_node(inode, ctx, False)
+        if caller.uid != 0 and name.startswith(b"trusted."):
+            raise OSError(pyfuse3.ENOATTR, "hidden namespace")
+        return backing.getxattr(self.inodes.fd(node), name, Caller(0, 0, caller.pid))
+
+    @override
+    @fuse_handler
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
+        if ctlfiles.is_control(inode):
+            return []
+        node, caller = self._xattr_node(inode, ctx, False)
+        names = backing.listxattr(self.inodes.fd(node), Caller(0, 0, caller.pid))
+        if caller.uid != 0:
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return [XAttrNameT(n) for n in names]
+
+    @override
+    @fuse_handler
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
+                       ctx: RequestContext) -> None:
+        node, caller = self._xattr_node(inode, ctx, True)
+        # The daemon keeps CAP_SYS_ADMIN even with a borrowed fsuid, so these namespaces
+        # would be writable by anyone through the view: only root may touch them.
+        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
+            raise OSError(errno.EPERM, "namespace reserved to root")
+        backing.setxattr(self.inodes.fd(node), name, value, 0, caller)
+
+    @override
+    @fuse_handler
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        node, caller = self._xattr_node(inode, ctx, True)
+        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
+            raise OSError(errno.EPERM, "namespace reserved to root")
+        backing.removexattr(self.inodes.fd(node), name, caller)
+

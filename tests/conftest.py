@@ -1,0 +1,153 @@
+"""Fixtures every suite shares: a world-traversable scratch root, sources, views, test users.
+
+Job: hand tests live views (a daemon subprocess each) and real unprivileged users, and after each
+test prove that nothing was left mounted or running and that the daemon logged no traceback,
+WARNING or ERROR (unless the test is marked daemon_log_ok). Never: let a teardown step raise
+before the later ones ran, or delete a directory tree that still has a mount inside it (that
+would delete through the view into its sources).
+Serves the test side of SPEC 2 (clean stop) and SPEC 5 (real users).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import (
+    VIEW_FSTYPE,
+    Daemon,
+    ViewFactory,
+    ViewHandle,
+    lazy_unmount,
+    mounts_under,
+    problems_in_log,
+)
+from tests.support.users import UserPool, Users
+
+# Session roots made by this process, for the last check in pytest_sessionfinish.
+_SESSION_ROOTS: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "daemon_log_ok: the daemon may log tracebacks, WARNING or ERROR in this test"
+    )
+    config.addinivalue_line("markers", "needs_root: skipped unless the tests run as root")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_root") is not None and os.geteuid() != 0:
+        pytest.skip("needs root")
+
+
+def _release_root(root: Path) -> list[str]:
+    """Unmount anything left under root (reporting it), then remove root. Never raises."""
+    problems: list[str] = []
+    try:
+        for entry in mounts_under(root):
+            kind = "view" if entry.fstype == VIEW_FSTYPE else "mount"
+            problems.append(f"{kind} left mounted: {entry.mount_point} ({entry.fstype})")
+            if not lazy_unmount(entry.mount_point):
+                problems.append(f"could not unmount {entry.mount_point}")
+        if mounts_under(root):
+            problems.append(f"{root} kept because mounts remain under it")
+        elif root.exists():
+            shutil.rmtree(root, ignore_errors=True)
+    except Exception as exc:  # a teardown report is more useful than a teardown crash
+        problems.append(f"cleaning {root}: {exc!r}")
+    return problems
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Last line of defence when a session ends without its fixtures' teardown (Ctrl-C)."""
+    problems = [p for root in _SESSION_ROOTS if root.exists() for p in _release_root(root)]
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("fusemount tests left mounts behind:\n  " + "\n  ".join(problems))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _fresh_dir(parent: Path, prefix: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o755)  # test users must reach views and sources below it
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_root() -> Iterator[Path]:
+    """/tmp/fusemount-tests-XXXX, mode 0755: pytest's tmp_path is root-only, useless to users."""
+    root = _fresh_dir(Path("/tmp"), "fusemount-tests-")
+    _SESSION_ROOTS.append(root)
+    yield root
+    problems = _release_root(root)
+    if problems:
+        pytest.fail("left behind by the test session:\n" + "\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def source(test_root: Path) -> Path:
+    """A fresh empty directory, mode 0755, owned by root. Removed with test_root."""
+    return _fresh_dir(test_root, "source-")
+
+
+@pytest.fixture
+def view_factory(request: pytest.FixtureRequest, test_root: Path) -> Iterator[ViewFactory]:
+    """Start daemons on fresh views; afterwards stop them and fail the test on any leftover."""
+    handles: list[ViewHandle] = []
+
+    def make(
+        config_text: str = "", state: Path | None = None, extra_args: Sequence[str] = ()
+    ) -> ViewHandle:
+        workdir = _fresh_dir(test_root, "view-")
+        path = workdir / "mnt"
+        path.mkdir(mode=0o755)
+        path.chmod(0o755)
+        daemon = Daemon(workdir)
+        handle = ViewHandle(path, state if state is not None else daemon.state, daemon, workdir)
+        handles.append(handle)  # before start(): a failed start needs cleaning up too
+        daemon.start(path, config_text, handle.state, extra_args)
+        return handle
+
+    yield make
+
+    log_ok = request.node.get_closest_marker("daemon_log_ok") is not None
+    problems: list[str] = []
+    for handle in handles:
+        report = handle.daemon.cleanup()
+        problems += [f"{handle.path}: {p}" for p in report.problems()]
+        if not log_ok:
+            text = handle.daemon.stderr_text()
+            bad = problems_in_log(text)
+            if bad:
+                problems.append(
+                    f"{handle.path}: daemon logged problems (mark the test daemon_log_ok if "
+                    f"expected):\n  " + "\n  ".join(bad) + f"\n--- daemon output ---\n{text}"
+                )
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def view(view_factory: ViewFactory) -> ViewHandle:
+    """A live view on built-in defaults, with no subtrees."""
+    return view_factory()
+
+
+@pytest.fixture(scope="session")
+def users() -> Iterator[Users]:
+    """fmt_alice, fmt_bob (both in fmt_team), fmt_carol, fmt_dave (in fmt_admins)."""
+    if os.geteuid() != 0:
+        pytest.skip("test users need root")
+    pool = UserPool()
+    try:
+        yield pool.acquire()
+    finally:
+        for problem in pool.release():
+            warnings.warn(f"test users: {problem}", stacklevel=1)
