@@ -171,7 +171,9 @@ class ControlFiles:
     def open(self, ino: int, flags: int, ctx: RequestContext) -> FileInfo:
         if ino in (ROOT_INO, CTL_DIR_INO):
             raise OSError(errno.EISDIR, "is a directory")
-        caller = self.ctx.callers.from_ctx(ctx)
+        # Groups are read now, while the opener certainly exists: a command written later on
+        # this open file acts for whoever opened it (like any file descriptor capability).
+        caller = self.ctx.callers.full(ctx)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
         if writing and ino != CTL_INO:
             raise OSError(errno.EACCES, "read-only control file")
