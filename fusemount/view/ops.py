@@ -285,7 +285,8 @@ class Ops(pyfuse3.Operations):
         if ctlfiles.is_control(inode):
             return self.control.open(inode, flags, ctx)
         node = self._node(inode)
-        caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), new_names=True)
+        caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
+                             new_names=True)
         self.handles.check_room()
         fd = backing.reopen(self.inodes.fd(node), flags, caller)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
@@ -357,7 +358,7 @@ class Ops(pyfuse3.Operations):
         if ctlfiles.is_control(inode):
             return self.control.opendir(inode, ctx)
         node = self._node(inode)
-        caller = self._enter(ctx, node, new_names=True)
+        caller = self._enter(ctx, node, groups=True, new_names=True)
         self.handles.check_room()
         fd = backing.opendir(self.inodes.fd(node), caller)
         return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
