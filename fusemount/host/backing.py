@@ -22,10 +22,12 @@ from fusemount.host.creds import as_caller
 
 O_LOOKUP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _EMPTY = syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW
-# open(2) flags a FUSE open may carry that we pass on when re-opening the object.
+# open(2) flags a FUSE open may carry that we pass on when re-opening the object. Not
+# O_DIRECT: the kernel already bypasses the view's page cache for such opens, and our
+# buffers are not block-aligned, so the backing filesystem would refuse them (EINVAL).
 _PASS_FLAGS = (
     os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
-    | os.O_DIRECT | os.O_NONBLOCK
+    | os.O_NONBLOCK
 )
 _SETID = stat.S_ISUID | stat.S_ISGID
 
