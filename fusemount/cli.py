@@ -55,12 +55,59 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list and args_list[0] in wrappers.VERBS:
         return wrappers.run(args_list)
+    if len(args_list) >= 2 and args_list[0] not in _SUBCOMMANDS and args_list[0][:1] != "-":
+        return mount_helper(args_list)
     args = _parser().parse_args(args_list)
     if args.cmd == "serve":
         return _serve(args)
     if args.cmd == "stop":
         return stop(args.view, args.timeout)
     return _config(args)
+
+
+_SUBCOMMANDS = frozenset({"serve", "stop", "config", "help"})
+# Options mount(8) and mount.fuse3 pass that the view always has or that mean nothing here.
+_IGNORED_MOUNT_OPTIONS = frozenset({
+    "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",
+    "nosuid", "nodev", "noexec", "exec", "atime", "noatime", "relatime", "strictatime",
+    "nodiratime", "async", "sync", "allow_other", "default_permissions",
+    # mount.fuse3 adds these for root; the view is mounted nosuid,nodev whatever they say.
+    "suid", "dev",
+})
+
+
+def mount_helper(argv: list[str]) -> int:
+    """`mount -t fuse.fusemount CONFIG VIEW -o OPTS` (via mount.fuse3): serve in the background.
+
+    CONFIG is a config file, or `none` for the built-in defaults. Options: `state=FILE`,
+    `debug`; the standard mount options are accepted and ignored (the view is always
+    nosuid,nodev,allow_other,default_permissions, whatever `suid` or `dev` say).
+    """
+    config, view, rest = argv[0], argv[1], argv[2:]
+    state = "/var/lib/fusemount/state.json"
+    debug = False
+    words: list[str] = []
+    while rest:
+        word = rest.pop(0)
+        if word == "-o" and rest:
+            words += rest.pop(0).split(",")
+        elif word.startswith("-o") and len(word) > 2:
+            words += word[2:].split(",")
+        else:
+            print(f"fusemount: unexpected argument {word!r}", file=sys.stderr)
+            return 2
+    for opt in filter(None, words):
+        key, _, value = opt.partition("=")
+        if key == "state" and value:
+            state = value
+        elif key == "debug":
+            debug = True
+        elif key not in _IGNORED_MOUNT_OPTIONS:
+            print(f"fusemount: unknown mount option {opt!r}", file=sys.stderr)
+            return 2
+    args = argparse.Namespace(view=view, state=state, debug=debug, demo=None,
+                              config=None if config in ("none", "-") else config)
+    return _background(args)
 
 
 def _setup_logging(debug: bool) -> None:

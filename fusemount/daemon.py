@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 import pyfuse3
 import trio
 
-from fusemount import principals
+from fusemount import principals, sdnotify
 from fusemount.audit import AuditLog
 from fusemount.control import Controller
 from fusemount.core.config import ConfigError, load_config
@@ -307,7 +307,9 @@ async def _run(ctx: ViewContext, controller: Controller, opts: ServeOptions) -> 
             if code:
                 log.warning("demo subtree not attached: %s", reply.decode().strip())
         _notify(opts.notify_fd, "ready")
+        sdnotify.notify(f"READY=1\nSTATUS=serving {len(ctx.live)} subtrees\nMAINPID={os.getpid()}")
         await pyfuse3.main(min_tasks=1, max_tasks=64)
+        sdnotify.notify("STOPPING=1")
         nursery.cancel_scope.cancel()
 
 

@@ -1,0 +1,97 @@
+"""Fitting the host: mount(8) through mount.fuse3, umount stopping the daemon, sd_notify."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.ctl import ctl_ok
+from tests.support.daemon import is_mounted, lazy_unmount
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait(predicate: object, timeout_s: float = 10.0) -> bool:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(60)
+def test_mount_t_fuse_fusemount_serves_and_umount_stops_the_daemon(
+    test_root: Path, source: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if shutil.which("mount.fuse3") is None:
+        pytest.skip("mount.fuse3 is not installed")
+    bindir = test_root / "bin"
+    bindir.mkdir(exist_ok=True)
+    helper = bindir / "fusemount"
+    helper.write_text(f"#!/bin/sh\nexec {sys.executable} -m fusemount \"$@\"\n")
+    helper.chmod(0o755)
+    view = test_root / "fstab-view"
+    view.mkdir()
+    state = test_root / "fstab-state.json"
+    (source / "f").write_text("via mount(8)")
+    env = dict(os.environ, PATH=f"{bindir}:{os.environ.get('PATH', '')}",
+               PYTHONPATH=str(REPO))
+    try:
+        subprocess.run(
+            ["mount", "-t", "fuse.fusemount", "none", str(view), "-o",
+             f"state={state},nofail,noatime"],
+            check=True, env=env, timeout=30,
+        )
+        assert is_mounted(view, "fuse.fusemount")
+        ctl_ok(view, f"attach s {source}")
+        assert (view / "s" / "f").read_text() == "via mount(8)"
+        pids = subprocess.run(["pgrep", "-f", f"fusemount serve {view}"],
+                              capture_output=True, text=True).stdout.split()
+        assert pids, "the daemon should be running"
+        subprocess.run(["umount", str(view)], check=True, timeout=30)
+        assert _wait(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids))
+        assert not is_mounted(view)
+    finally:
+        if is_mounted(view):
+            lazy_unmount(view)
+
+
+@pytest.mark.timeout(60)
+def test_daemon_sends_ready_and_stopping_to_notify_socket(test_root: Path) -> None:
+    sock_path = test_root / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(15)
+    view = test_root / "notify-view"
+    view.mkdir()
+    env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusemount", "serve", str(view), "--state",
+         str(test_root / "notify-state.json")],
+        env=env, stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = sock.recv(4096).decode()
+        assert "READY=1" in ready
+        assert "STATUS=serving 0 subtrees" in ready
+        assert (view / ".fusemount" / "version").read_text().startswith("fusemount ")
+        proc.terminate()
+        stopping = sock.recv(4096).decode()
+        assert "STOPPING=1" in stopping
+        assert proc.wait(timeout=15) == 0
+    finally:
+        sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(view):
+            lazy_unmount(view)
