@@ -1,0 +1,60 @@
+"""Idle expiry (autofs-style): `expire=SECONDS` detaches a subtree idle that long."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import ViewFactory
+
+
+def _names(view: Path) -> list[str]:
+    return sorted(os.listdir(view))
+
+
+@pytest.mark.timeout(60)
+def test_idle_subtree_with_expire_detaches_and_audit_says_so(
+    view_factory: ViewFactory, source: Path, test_root: Path
+) -> None:
+    audit = test_root / "expire-audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    (source / "f").write_text("x")
+    view.ok(f"attach idle {source} expire=1.5 holder=vm1")
+    assert "idle" in _names(view.path)
+    deadline = time.monotonic() + 15
+    while "idle" in _names(view.path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "idle" not in _names(view.path)
+    assert view.mounts_json() == []
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    expired = [r for r in records if r["command"] == "expire idle"]
+    assert expired and expired[0]["changes"]["holders_released"] == ["vm1"]
+
+
+@pytest.mark.timeout(60)
+def test_open_file_keeps_expiring_subtree_attached(
+    view_factory: ViewFactory, source: Path
+) -> None:
+    view = view_factory()
+    (source / "f").write_text("x")
+    view.ok(f"attach busy {source} expire=1")
+    with open(view.path / "busy" / "f") as held:
+        time.sleep(3)
+        assert "busy" in _names(view.path)
+        assert held.read() == "x"
+    deadline = time.monotonic() + 15
+    while "busy" in _names(view.path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "busy" not in _names(view.path)
+
+
+@pytest.mark.timeout(60)
+def test_subtree_without_expire_stays(view_factory: ViewFactory, source: Path) -> None:
+    view = view_factory()
+    view.ok(f"attach stays {source}")
+    time.sleep(2.5)
+    assert "stays" in _names(view.path)
