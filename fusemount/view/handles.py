@@ -50,6 +50,8 @@ class ControlHandle:
 
 Handle = FileHandle | DirHandle | ControlHandle
 
+MAX_CONTROL_HANDLES_PER_UID = 256
+
 
 class HandleTable:
     def __init__(self, inodes: InodeTable, max_open_files: int) -> None:
@@ -57,25 +59,31 @@ class HandleTable:
         self.max_open_files = max_open_files
         self._by_fh: dict[int, Handle] = {}
         self._next_fh = 1
+        self._data = 0  # file and directory handles: what max_open_files caps (SPEC 6)
+        # Control-file handles have their own budget per uid, so that nobody can lock the
+        # admins out of ctl by holding every data slot, nor exhaust memory with opens.
+        self._control_by_uid: dict[int, int] = {}
         self.on_last_close: list[LiveSubtree] = []  # detached subtrees now free to close
 
     def __len__(self) -> int:
-        return len(self._by_fh)
+        return self._data
 
     def count_data(self) -> int:
-        return sum(1 for h in self._by_fh.values() if not isinstance(h, ControlHandle))
+        return self._data
 
-    def _reserve(self) -> int:
-        if len(self._by_fh) >= self.max_open_files:
-            raise OSError(errno.ENFILE,
-                          f"open file limit reached (max_open_files={self.max_open_files})")
+    def _next(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
         return fh
 
+    def _reserve(self) -> int:
+        self.check_room()
+        self._data += 1
+        return self._next()
+
     def check_room(self) -> None:
-        """Raise ENFILE before doing work that would need a handle."""
-        if len(self._by_fh) >= self.max_open_files:
+        """Raise ENFILE before doing work that would need a data handle."""
+        if self._data >= self.max_open_files:
             raise OSError(errno.ENFILE,
                           f"open file limit reached (max_open_files={self.max_open_files})")
 
@@ -100,7 +108,12 @@ class HandleTable:
         return handle
 
     def add_control(self, ino: int, caller: Caller, content: bytes = b"") -> ControlHandle:
-        handle = ControlHandle(self._reserve(), ino, caller, content)
+        held = self._control_by_uid.get(caller.uid, 0)
+        if held >= MAX_CONTROL_HANDLES_PER_UID and caller.uid != 0:
+            raise OSError(errno.ENFILE, "too many open control files for this user "
+                          f"({MAX_CONTROL_HANDLES_PER_UID})")
+        self._control_by_uid[caller.uid] = held + 1
+        handle = ControlHandle(self._next(), ino, caller, content)
         self._by_fh[handle.fh] = handle
         return handle
 
@@ -135,8 +148,17 @@ class HandleTable:
 
     def release(self, fh: int) -> None:
         handle = self._by_fh.pop(fh, None)
-        if handle is None or isinstance(handle, ControlHandle):
+        if handle is None:
             return
+        if isinstance(handle, ControlHandle):
+            uid = handle.caller.uid
+            left = self._control_by_uid[uid] - 1
+            if left:
+                self._control_by_uid[uid] = left
+            else:
+                del self._control_by_uid[uid]
+            return
+        self._data -= 1
         os.close(handle.fd)
         node = handle.node
         subtree = node.subtree
@@ -151,3 +173,5 @@ class HandleTable:
                 with contextlib.suppress(OSError):
                     os.close(handle.fd)
         self._by_fh.clear()
+        self._data = 0
+        self._control_by_uid.clear()

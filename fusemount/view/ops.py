@@ -246,6 +246,8 @@ class Ops(pyfuse3.Operations):
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
         parent, _ = self._parent_for_change(new_parent_inode, new_name, ctx)
+        if ctlfiles.is_control(inode):
+            raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
         if node.subtree is not parent.subtree:
             raise OSError(errno.EXDEV, "hard link between subtrees")
@@ -344,6 +346,8 @@ class Ops(pyfuse3.Operations):
     @override
     @fuse_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
+        if isinstance(self.handles.get(fh), ControlHandle):
+            return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         if datasync:
             os.fdatasync(handle.fd)
