@@ -103,7 +103,16 @@ class ViewContext:
             return
         inos = [n.ino for n in self.inodes.nodes_of(subtree)]
 
+        name = pyfuse3.FileNameT(subtree.name.encode())
+
         def run() -> None:
+            # Synchronous, so the name is gone from the kernel's cache before the command
+            # replies, and no queued notification can outlive the session at shutdown.
+            try:
+                pyfuse3.invalidate_entry(pyfuse3.ROOT_INODE, name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("invalidate_entry(%s): %s", subtree.name, exc)
             for ino in inos:
                 try:
                     pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=False)
@@ -111,7 +120,4 @@ class ViewContext:
                     if exc.errno != errno.ENOENT:  # ENOENT: the kernel had already forgotten
                         log.warning("invalidate_inode(%d): %s", ino, exc)
 
-        pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, pyfuse3.FileNameT(
-            subtree.name.encode()), ignore_enoent=True)
-        if inos:
-            await trio.to_thread.run_sync(run)
+        await trio.to_thread.run_sync(run)

@@ -159,11 +159,17 @@ class HandleTable:
                 del self._control_by_uid[uid]
             return
         self._data -= 1
-        os.close(handle.fd)
         node = handle.node
+        # An open file unlinked meanwhile: let its space go with this last close, as natively,
+        # instead of keeping it until the kernel forgets the inode.
+        unlinked = (isinstance(handle, FileHandle) and node.pins == 1
+                    and os.fstat(handle.fd).st_nlink == 0)
+        os.close(handle.fd)
         subtree = node.subtree
         subtree.open_files -= 1
         self.inodes.unpin(node)
+        if unlinked:
+            self.inodes.release_fd(node)
         if subtree.detached and subtree.open_files == 0:
             self.on_last_close.append(subtree)
 

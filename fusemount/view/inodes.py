@@ -191,6 +191,17 @@ class InodeTable:
         self._held -= 1
         self._evictions += 1
 
+    def release_fd(self, node: Node) -> None:
+        """Close an idle node's descriptor for good (its object was unlinked): later uses
+        answer ESTALE. Pinned nodes keep theirs until their last handle closes."""
+        if node.pins or node.is_root or node.fd < 0:
+            return
+        self._lru.pop(node.ino, None)
+        os.close(node.fd)
+        node.fd = -1
+        node.handle = None
+        self._held -= 1
+
     def forget(self, ino: int, nlookup: int) -> None:
         node = self._by_ino.get(ino)
         if node is None:

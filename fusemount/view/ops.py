@@ -258,7 +258,15 @@ class Ops(pyfuse3.Operations):
     @fuse_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        backing.unlink(self.inodes.fd(parent), name, caller)
+        parent_fd = self.inodes.fd(parent)
+        st = backing.stat_name(parent_fd, name)
+        backing.unlink(parent_fd, name, caller)
+        if st.st_nlink <= 1:
+            # The last name is gone: drop our descriptor now rather than at the kernel's
+            # forget, so the space comes back when the last open file closes, as natively.
+            gone = self.inodes.find(parent.subtree, st.st_dev, st.st_ino)
+            if gone is not None:
+                self.inodes.release_fd(gone)
 
     @override
     @fuse_handler
