@@ -219,6 +219,9 @@ def open_mount_source(fstype: str, source: str, options: str, ro: bool) -> Opene
                     (os.O_RDONLY if ro else os.O_RDWR) | os.O_CLOEXEC, 0, _NO_SYMLINKS,
                 )
             except OSError as exc:
+                if exc.errno == errno.EISDIR:
+                    raise ControlError(errno.EINVAL, f"source {source} is neither a block "
+                                       "device nor a regular file") from None
                 raise _err(exc, f"source {source}") from None
             try:
                 st = os.fstat(sfd)

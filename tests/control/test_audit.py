@@ -1,0 +1,102 @@
+"""The audit log (SPEC 4, 8; config log.audit): one JSON object per control command, accepted
+or refused, with time, uid, gid, pid, command and result, in a file of mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from tests.support.ctl import ctl_as
+from tests.support.daemon import ViewFactory
+from tests.support.users import Users
+
+_FIELDS = {"time", "uid", "gid", "pid", "command", "result"}
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    records = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
+@pytest.mark.timeout(60)
+def test_audit_log_has_one_line_per_command_accepted_or_refused(
+    view_factory: ViewFactory, scratch: Path, source: Path, users: Users
+) -> None:
+    audit = scratch / "audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    commands: list[tuple[str | bytes, str]] = [
+        (f"attach data {source}", "ok"),
+        ("hold data H1", "ok"),
+        ("detach nosuch", "ENOENT"),
+        ("frobnicate", "EINVAL"),
+        (b"detach \xff", "EINVAL"),
+        ("x" * 5000, "E2BIG"),
+        ("release data H1", "ok"),
+    ]
+    for command, expected in commands:
+        reply = view.ctl(command)
+        assert (reply.errno_name or "ok") == expected, reply.describe(command)
+    as_alice = ctl_as(users.alice, view.path, "detach data")
+    assert as_alice.errno_name == "EACCES"
+    records = _records(audit)
+    assert len(records) == len(commands) + 1, records
+    for record, (command, expected) in zip(records, commands, strict=False):
+        assert set(record) >= _FIELDS, record
+        assert record["result"] == expected, record
+        assert (record["uid"], record["gid"], record["pid"]) == (0, 0, os.getpid()), record
+        if isinstance(command, str) and len(command) < 200:
+            assert record["command"] == command, record
+        assert isinstance(record["time"], str)
+        stamp = datetime.datetime.fromisoformat(record["time"].replace("Z", "+00:00"))
+        assert abs((datetime.datetime.now(datetime.UTC) - stamp).total_seconds()) < 600
+    last = records[-1]
+    assert (last["uid"], last["gid"]) == (users.alice.uid, users.alice.gid), last
+    assert last["result"] == "EACCES" and last["command"] == "detach data"
+    assert isinstance(last["pid"], int) and last["pid"] not in (0, os.getpid())
+
+
+@pytest.mark.timeout(60)
+def test_audit_log_file_is_mode_0600(
+    view_factory: ViewFactory, scratch: Path, source: Path
+) -> None:
+    audit = scratch / "audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view.ok(f"attach data {source}")
+    mode = os.stat(audit).st_mode
+    assert stat.S_ISREG(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+@pytest.mark.timeout(60)
+def test_audit_log_is_appended_across_restarts(
+    view_factory: ViewFactory, scratch: Path, source: Path
+) -> None:
+    audit = scratch / "audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view.ok(f"attach data {source}")
+    view.restart()
+    view.ok("detach data")
+    assert [r["command"] for r in _records(audit)] == [f"attach data {source}", "detach data"]
+
+
+@pytest.mark.timeout(60)
+def test_audit_record_of_multi_line_write_stays_one_line(
+    view_factory: ViewFactory, scratch: Path
+) -> None:
+    audit = scratch / "audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    assert view.ctl("detach a\ndetach b\n").errno_name == "EINVAL"
+    assert view.ctl('detach "\u2028"').errno_name == "EINVAL"
+    records = _records(audit)
+    assert len(records) == 2
+    assert all(r["result"] == "EINVAL" for r in records)

@@ -1,0 +1,132 @@
+"""SPEC 6 limits through a real view: set each one small, fill it, the next request fails with
+the SPEC's errno and a message naming the limit, nothing changes, and freeing one unit makes
+the same request succeed. (max_command_bytes is covered in test_protocol.py.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from tests.control.conftest import SourceFactory
+from tests.control.helpers import make_dir, names_listed, record_of, refused
+from tests.support.ctl import ctl_as
+from tests.support.daemon import ViewFactory
+from tests.support.users import Users
+
+
+@pytest.mark.timeout(60)
+def test_max_subtrees_is_enospc_until_one_is_detached(
+    view_factory: ViewFactory, new_source: SourceFactory
+) -> None:
+    view = view_factory("[limits]\nmax_subtrees = 3\n")
+    for i in range(3):
+        view.ok(f"attach s{i} {new_source()}")
+    extra = new_source()
+    message = refused(view, f"attach s3 {extra}", errno.ENOSPC)
+    assert "max_subtrees" in message
+    refused(view, f"attach s3 {extra} holder=h1", errno.ENOSPC)
+    refused(view, "mount s3 tmpfs none", errno.ENOSPC)
+    assert names_listed(view.path) == {"s0", "s1", "s2"}
+    view.ok("detach s1")
+    view.ok(f"attach s3 {extra}")
+    assert names_listed(view.path) == {"s0", "s2", "s3"}
+
+
+@pytest.mark.timeout(60)
+def test_max_subtrees_per_user_is_edquot_until_one_is_detached(
+    view_factory: ViewFactory, scratch: Path, users: Users
+) -> None:
+    alice = users.alice
+    dirs = []
+    for i in range(3):
+        path = make_dir(scratch, f"d{i}")
+        os.chown(path, alice.uid, alice.gid)
+        dirs.append(path)
+    view = view_factory(
+        f'[access]\nself_service = true\nself_service_roots = ["{scratch}"]\n'
+        "[limits]\nmax_subtrees_per_user = 2\n"
+    )
+    for i in range(2):
+        reply = ctl_as(alice, view.path, f"attach d{i} {dirs[i]}")
+        assert reply.errno is None, reply.describe("attach")
+    message = refused(view, f"attach d2 {dirs[2]}", errno.EDQUOT, alice)
+    assert "max_subtrees_per_user" in message
+    # Another user's subtrees do not count against alice.
+    bobs = make_dir(scratch, "bobs")
+    os.chown(bobs, users.bob.uid, users.bob.gid)
+    reply = ctl_as(users.bob, view.path, f"attach bobs {bobs}")
+    assert reply.errno is None, reply.describe("attach as bob")
+    reply = ctl_as(alice, view.path, "detach d0")
+    assert reply.errno is None, reply.describe("detach")
+    reply = ctl_as(alice, view.path, f"attach d2 {dirs[2]}")
+    assert reply.errno is None, reply.describe("attach after detach")
+    assert names_listed(view.path) == {"d1", "d2", "bobs"}
+
+
+@pytest.mark.timeout(60)
+def test_max_holders_is_enospc_until_one_is_released(
+    view_factory: ViewFactory, source: Path
+) -> None:
+    view = view_factory("[limits]\nmax_holders = 3\n")
+    view.ok(f"attach data {source} holder=h0")
+    view.ok("hold data h1")
+    view.ok(f"attach data {source} holder=h2")
+    message = refused(view, "hold data h3", errno.ENOSPC)
+    assert "max_holders" in message
+    refused(view, f"attach data {source} holder=h3", errno.ENOSPC)
+    # An existing holder is not a new one: no limit applies to repeating it.
+    view.ok("hold data h1")
+    view.ok("release data h1")
+    view.ok("hold data h3")
+    assert record_of(view.mounts_json(), "data")["holders"] == ["h0", "h2", "h3"]
+
+
+@pytest.mark.timeout(60)
+def test_max_holders_counts_per_subtree(
+    view_factory: ViewFactory, new_source: SourceFactory
+) -> None:
+    view = view_factory("[limits]\nmax_holders = 2\n")
+    view.ok(f"attach a {new_source()} holder=h0")
+    view.ok("hold a h1")
+    view.ok(f"attach b {new_source()} holder=h0")
+    view.ok("hold b h1")
+    refused(view, "hold a h2", errno.ENOSPC)
+    refused(view, "hold b h2", errno.ENOSPC)
+
+
+@pytest.mark.timeout(60)
+def test_max_open_files_is_enfile_until_one_is_closed(
+    view_factory: ViewFactory, source: Path
+) -> None:
+    limit = 4
+    for i in range(limit + 2):
+        (source / f"f{i}").write_text(str(i))
+    view = view_factory(f"[limits]\nmax_open_files = {limit}\n")
+    view.ok(f"attach data {source}")
+    data = view.path / "data"
+    with ExitStack() as stack:
+        held = [stack.enter_context(open(data / f"f{i}", "rb")) for i in range(limit)]
+        with pytest.raises(OSError) as full:
+            open(data / f"f{limit}", "rb").close()
+        assert full.value.errno == errno.ENFILE
+        with pytest.raises(OSError) as full_dir:
+            os.close(os.open(data, os.O_RDONLY | os.O_DIRECTORY))
+        assert full_dir.value.errno == errno.ENFILE
+        with pytest.raises(OSError) as full_create:
+            os.close(os.open(data / "new", os.O_WRONLY | os.O_CREAT, 0o644))
+        assert full_create.value.errno == errno.ENFILE
+        # Nothing else changed: what is open keeps working, nothing was created.
+        assert [f.read() for f in held] == [str(i).encode() for i in range(limit)]
+        assert not (source / "new").exists()
+        held[0].close()
+        with open(data / f"f{limit}", "rb") as again:
+            assert again.read() == str(limit).encode()
+    # Everything closed: the full allowance is back.
+    with ExitStack() as stack:
+        for i in range(limit):
+            stack.enter_context(open(data / f"f{i}", "rb"))
