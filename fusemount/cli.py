@@ -145,7 +145,12 @@ def _background(args: argparse.Namespace) -> int:
         line = f.readline().decode(errors="replace").strip()
     if line == "ready":
         return 0
-    proc.poll()
+    # The daemon gave up: let it finish exiting so nothing outlives this failed command.
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     reason = line.removeprefix("error: ") or f"daemon exited with {proc.returncode}"
     print(f"fusemount: {reason}", file=sys.stderr)
     return 1

@@ -193,6 +193,12 @@ def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
             ({"limit": "max_cached_fds"}, float(ctx.inodes.statistics().cached_fds)),
         ]
 
+    metrics.set_gauge_source(
+        "fusemount_subtree_open_files", "Open files per subtree",
+        lambda: [({"subtree": s.name}, float(s.open_files)) for s in ctx.live.values()])
+    metrics.set_gauge_source(
+        "fusemount_subtree_requests_total", "Requests that reached each subtree",
+        lambda: [({"subtree": s.name}, float(s.requests)) for s in ctx.live.values()])
     metrics.set_gauge_source("fusemount_limit", "Configured limits", limit_rows)
     metrics.set_gauge_source("fusemount_limit_used", "Current use of each limit", use_rows)
 

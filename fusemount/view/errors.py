@@ -35,6 +35,19 @@ class _Sink:
 sink = _Sink()
 
 
+def _show(args: tuple[object, ...]) -> str:
+    """Request arguments for the debug log: data buffers by size, contexts by caller."""
+    parts = []
+    for arg in args:
+        if isinstance(arg, bytes) and len(arg) > 64:
+            parts.append(f"<{len(arg)} bytes>")
+        elif isinstance(arg, pyfuse3.RequestContext):
+            parts.append(f"uid={arg.uid},gid={arg.gid},pid={arg.pid}")
+        else:
+            parts.append(repr(arg))
+    return ", ".join(parts)
+
+
 def fuse_handler(
     fn: Callable[P, Awaitable[R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -61,6 +74,6 @@ def fuse_handler(
             if sink.observer is not None:
                 sink.observer.observe(op, clock() - start, code)
             if sink.debug:
-                log.debug("%s%r -> %s", op, args[1:], errno.errorcode.get(code, code))
+                log.debug("%s(%s) -> %s", op, _show(args[1:]), errno.errorcode.get(code, "ok"))
 
     return wrapper

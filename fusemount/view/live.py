@@ -24,6 +24,7 @@ class LiveSubtree:
     open_files: int = 0  # file and directory handles; detach is EBUSY while > 0
     detached: bool = False  # name gone; closed when open_files drops to 0 (SPEC 4 force)
     last_access: float = field(default_factory=time.monotonic)
+    requests: int = 0  # requests that reached this subtree (metrics)
     _mount_fd: int = -1  # non-O_PATH descriptor open_by_handle_at needs; opened lazily
 
     @property

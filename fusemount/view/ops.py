@@ -92,6 +92,7 @@ class Ops(pyfuse3.Operations):
         if write and access is not Access.RW:
             raise OSError(errno.EROFS, "read-only access")
         subtree.last_access = self.ctx.now()
+        subtree.requests += 1
         if caller.uid == 0 and subtree.spec.policy.squash_root:
             return Caller(_NOBODY, _NOBODY, caller.pid, caller.umask)
         if groups:
@@ -337,13 +338,11 @@ class Ops(pyfuse3.Operations):
         return os.pwrite(self.handles.file(fh).fd, buf, off)
 
     @override
-    @fuse_handler
     async def flush(self, fh: FileHandleT) -> None:
-        handle = self.handles.get(fh)
-        if isinstance(handle, ControlHandle | DirHandle):
-            return
-        # close() of a duplicate reports deferred write errors as a native close would.
-        os.close(os.dup(handle.fd))
+        # ENOSYS once: the kernel then stops sending FLUSH on every close(), which saves a
+        # round trip per file. Sources are local filesystems that report write errors at
+        # write() or fsync(), not at close(); locks are kernel-local (pyfuse3 has no lock ops).
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @override
     @fuse_handler
