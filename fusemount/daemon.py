@@ -76,6 +76,8 @@ def prepare_view(view: str) -> None:
     """VIEW must be an empty directory; a dead FUSE mount left on it is cleaned up (SPEC 2)."""
     try:
         st = os.stat(view)
+        if os.path.ismount(view):
+            os.listdir(view)  # a dead FUSE mount may still answer stat from the kernel's cache
     except OSError as exc:
         if exc.errno != errno.ENOTCONN:
             raise ServeError(f"view {view}: {exc.strerror}") from None

@@ -82,9 +82,9 @@ class ControlFiles:
     def _attrs(self, ino: int) -> EntryAttributes:
         t = self.ctx.start_ns
         if ino == ROOT_INO:
-            # The root's own attributes never change, so the kernel may keep them: what each
-            # caller may see is decided per lookup of a subtree name, never from these.
-            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
+            # Not cached, although they never change: a `stat VIEW` after the daemon died
+            # must say "Transport endpoint is not connected", not answer from the cache.
+            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, 0.0)
         if ino == CTL_DIR_INO:
             return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
         if ino in _MODES:
