@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     st.add_argument("view")
     st.add_argument("--timeout", type=float, default=30.0)
+    t = sub.add_parser("top", help="live view of what the daemon is doing (admins)",
+                       epilog="example:\n  fusemount top /mnt/view      # q or Ctrl-C quits",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("view")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     c = sub.add_parser("config", help="check a config file or print the defaults",
                        epilog="examples:\n  fusemount config --check /etc/fusemount.toml\n"
                               "  fusemount config --defaults",
@@ -62,10 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.cmd == "stop":
         return stop(args.view, args.timeout)
+    if args.cmd == "top":
+        from fusemount import top
+
+        return top.main(args.view, args.interval)
     return _config(args)
 
 
-_SUBCOMMANDS = frozenset({"serve", "stop", "config", "help"})
+_SUBCOMMANDS = frozenset({"serve", "stop", "config", "top", "help"})
 # Options mount(8) and mount.fuse3 pass that the view always has or that mean nothing here.
 _IGNORED_MOUNT_OPTIONS = frozenset({
     "rw", "defaults", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev",

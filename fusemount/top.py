@@ -15,6 +15,7 @@ Reads happen in their own thread so that a hung view cannot stop `q` from workin
 
 from __future__ import annotations
 
+import contextlib
 import curses
 import errno
 import math
@@ -42,6 +43,7 @@ OPS_TITLE = (f"{'OP':<13} {'REQ/S':>8} {'TOTAL':>9} {'ERR/S':>7} "
 SUBTREES_TITLE = f"{'SUBTREE':<24} {'REQ/S':>8} {'TOTAL':>9} {'OPEN':>6}"
 _QUANTILES = (0.5, 0.95, 0.99)
 _KEY_POLL_MS = 100
+_FULL_HEADER_MIN_HEIGHT = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,8 +286,9 @@ def _header(prev: Sample | None, cur: Sample, width: int, view: str) -> list[str
 
     rates = [_rate(prev, cur, REQUESTS, key) for key in cur.family(REQUESTS)]
     errors = [_rate(prev, cur, ERRORS, key) for key in cur.family(ERRORS)]
-    total_rate = None if prev is None else sum(r or 0.0 for r in rates)
-    error_rate = None if prev is None else sum(r or 0.0 for r in errors)
+    no_rates = _interval_s(prev, cur) is None
+    total_rate = None if no_rates else sum(r or 0.0 for r in rates)
+    error_rate = None if no_rates else sum(r or 0.0 for r in errors)
     activity = (f"fds held {num('held_descriptors')}, process {num('process_descriptors')}  "
                 f"requests {_fmt_rate(total_rate)}/s  errors {_fmt_rate(error_rate)}/s")
     control = cur.family(CONTROL)
@@ -321,9 +324,7 @@ def _op_rows(prev: Sample | None, cur: Sample) -> list[str]:
         errs = errors_by_op.get(op, {})
         top = max(errs.items(), key=lambda item: (item[1], item[0]), default=None)
         top_text = "" if top is None else f"{top[0]}:{_fmt_count(top[1])}"
-        err_rate = error_rates.get(op) if prev is not None else None
-        if prev is not None and err_rate is None:
-            err_rate = 0.0
+        err_rate = None if rate is None else error_rates.get(op, 0.0)
         p50, p95, p99 = (_fmt_seconds(v) for v in quantiles)
         text = (f"{op[:13]:<13} {_fmt_rate(rate):>8} {_fmt_count(total):>9} "
                 f"{_fmt_rate(err_rate):>7} {p50:>7} {p95:>7} {p99:>7}  {top_text}")
@@ -371,7 +372,9 @@ def render_frame(prev: Sample | None, cur: Sample, width: int, height: int, *,
     """
     if width <= 0 or height <= 0:
         return []
-    head = [*_header(prev, cur, width, view), ""]
+    head = _header(prev, cur, width, view)
+    # A small terminal keeps the title and the request rates, so the op table still shows.
+    head = [head[0], head[3]] if height < _FULL_HEADER_MIN_HEIGHT else [*head, ""]
     dt = _interval_s(prev, cur)
     footer = status or ("q quit  rates from the next sample" if dt is None else
                         f"q quit  rates over {dt:.1f}s; latency over it (idle ops: since start)")
@@ -385,7 +388,8 @@ def render_frame(prev: Sample | None, cur: Sample, width: int, height: int, *,
     else:
         # The subtree section keeps a third of the room (at least its title and a few rows),
         # the op table gets the rest, and whichever needs less gives the other its surplus.
-        sub_room = 0 if subtrees is None else min(sub_need, max(5, room // 3))
+        # On a tiny terminal the op table alone is shown.
+        sub_room = min(sub_need, max(5, room // 3)) if room >= 8 else 0
         ops_room = min(ops_need, room - sub_room)
         sub_room = min(sub_need, room - ops_room)
     body = _fit(OPS_TITLE, ops, ops_room, "ops")
@@ -430,36 +434,38 @@ def _draw(screen: curses.window, lines: list[str]) -> None:
     screen.erase()
     for y, line in enumerate(lines):
         bold = line.startswith((OPS_TITLE[:8], SUBTREES_TITLE[:8]))
-        try:
+        # The bottom-right cell cannot take the cursor past it: the text is there all the same.
+        with contextlib.suppress(curses.error):
             screen.addstr(y, 0, line, curses.A_BOLD if bold else curses.A_NORMAL)
-        except curses.error:
-            pass  # the bottom-right cell cannot take the cursor past it; the text is there
     screen.refresh()
 
 
 def _loop(screen: curses.window, view: str, path: str, first: Sample,
           interval_s: float) -> int:
-    try:
+    with contextlib.suppress(curses.error):  # terminals without an invisible cursor still work
         curses.curs_set(0)
-    except curses.error:
-        pass  # terminals without an invisible cursor still work
     screen.keypad(True)
     screen.timeout(_KEY_POLL_MS)
     prev: Sample | None = None
-    cur, status, dirty = first, "", True
+    cur, error, shown, answered_s, dirty = first, "", "", time.monotonic(), True
     with _Sampler(path, interval_s) as sampler:
         while True:
             while not sampler.readings.empty():
                 item = sampler.readings.get()
+                answered_s = time.monotonic()
                 if isinstance(item, Sample):
-                    prev, cur, status = cur, item, ""
+                    prev, cur, error = cur, item, ""
                 else:
-                    status = item
+                    error = item
                 dirty = True
-            if dirty:
+            # A read stuck in a hung view never reports: say so rather than show stale rates.
+            silent_s = time.monotonic() - answered_s
+            status = error or (f"no answer from {path} for {silent_s:.0f}s"
+                               if silent_s > 3 * interval_s + 1 else "")
+            if dirty or status != shown:
                 height, width = screen.getmaxyx()
                 _draw(screen, render_frame(prev, cur, width, height, view=view, status=status))
-                dirty = False
+                shown, dirty = status, False
             key = screen.getch()
             if key in (ord("q"), ord("Q")):
                 return 0
@@ -500,6 +506,10 @@ def main(view: str, interval_s: float = 1.0) -> int:
             size = shutil.get_terminal_size((80, 24))
             print("\n".join(render_frame(first, cur, size.columns, 1000, view=view)))
             return 0
+        # ncurses lets LINES/COLUMNS in the environment (some shells and test runners export
+        # them) override the terminal's real size, resizes included: the size must be the tty's.
+        for name in ("LINES", "COLUMNS"):
+            os.environ.pop(name, None)
         result: int = curses.wrapper(_loop, view, path, first, interval_s)
         return result
     except KeyboardInterrupt:
