@@ -47,7 +47,7 @@ class Controller:
         self.state = state
         self.audit = audit
         self.count = count
-        self._pending: list[tuple[LiveSubtree, bool]] = []  # caches to invalidate
+        self._pending: list[LiveSubtree] = []  # subtrees whose kernel caches must go
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -65,9 +65,7 @@ class Controller:
             self._record(caller, text, verb, code, exc.message, None)
             return code, protocol.render_error(code, exc.message)
         self._record(caller, text, verb, 0, "", changes)
-        pending, self._pending = self._pending, []
-        for subtree, gone in pending:
-            await self.ctx.invalidate(subtree, gone)
+        await self.flush_pending()
         return 0, protocol.render_ok(**fields)
 
     def _record(self, caller: Caller, text: str, verb: str, code: int, message: str,
@@ -300,7 +298,7 @@ class Controller:
                 sources.set_readonly(live.source, spec.policy.ro)
             raise
         if live is not None:
-            self._pending.append((live, False))
+            self._pending.append(live)
         return {"name": cmd.name}, changes
 
     def _detach(self, caller: Caller,
@@ -344,7 +342,7 @@ class Controller:
         self.ctx.inodes.drop_subtree(live)
         if live.open_files == 0:
             live.close()
-        self._pending.append((live, True))
+        self._pending.append(live)
 
     def expire(self, name: str) -> None:
         """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
@@ -364,5 +362,5 @@ class Controller:
 
     async def flush_pending(self) -> None:
         pending, self._pending = self._pending, []
-        for subtree, gone in pending:
-            await self.ctx.invalidate(subtree, gone)
+        for subtree in pending:
+            await self.ctx.invalidate(subtree)

@@ -313,6 +313,3 @@ def _fsmount(fstype: str, source: str, pairs: list[tuple[str, str | None]], ro: 
     finally:
         os.close(ctx)
 
-
-def reopen_identity_matches(src: OpenedSource, expected: Identity) -> bool:
-    return (src.identity.dev, src.identity.ino) == (expected.dev, expected.ino)

@@ -93,7 +93,7 @@ class ViewContext:
             subtree.close()
             log.info("subtree %s: last open file closed, source released", subtree.name)
 
-    async def invalidate(self, subtree: LiveSubtree, name_gone: bool) -> None:
+    async def invalidate(self, subtree: LiveSubtree) -> None:
         """Make the kernel forget what it cached for a subtree (policy change or detach).
 
         The notify calls block until the kernel has processed them, and the kernel may need
