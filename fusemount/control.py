@@ -36,6 +36,7 @@ from fusemount.host.sources import OpenedSource
 from fusemount.state import StateError, StateStore
 from fusemount.view.context import ViewContext
 from fusemount.view.live import LiveSubtree
+from fusemount.view.offload import may_stall
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class Controller:
             opened.close()
             raise
         live = LiveSubtree(sid, spec, opened)
+        live.offload = spec.kind is Kind.ATTACH and may_stall(opened.identity.fstype)
         self.ctx.inodes.add_root(live)
         self.ctx.live[spec.name] = live
         return live

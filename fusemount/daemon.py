@@ -37,6 +37,7 @@ from fusemount.view.context import ViewContext
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
 from fusemount.view.live import LiveSubtree
+from fusemount.view.offload import may_stall
 from fusemount.view.ops import Ops
 
 log = logging.getLogger("fusemount")
@@ -130,6 +131,7 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
         spec = replace(spec, state=State.ATTACHED, reason="")
         sid = ctx.table.add(spec)
         live = LiveSubtree(sid, spec, opened)
+        live.offload = spec.kind is Kind.ATTACH and may_stall(opened.identity.fstype)
         ctx.inodes.add_root(live)
         ctx.live[spec.name] = live
         log.info("subtree %s re-attached from %s", spec.name, spec.source)

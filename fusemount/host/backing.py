@@ -70,11 +70,12 @@ def chown(fd: int, uid: int, gid: int, caller: Caller) -> None:
         syscalls.fchownat(fd, b"", uid, gid, _EMPTY)
 
 
-def truncate(fd: int, size: int, caller: Caller, open_fd: int | None) -> None:
-    if open_fd is not None:
-        with as_caller(caller):
-            os.ftruncate(open_fd, size)
-        return
+def truncate_open(open_fd: int, size: int, caller: Caller) -> None:
+    with as_caller(caller):
+        os.ftruncate(open_fd, size)
+
+
+def truncate(fd: int, size: int, caller: Caller) -> None:
     with as_caller(caller):
         wfd = os.open(proc_path(fd), os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -112,14 +113,24 @@ def listdir(dir_fd: int) -> list[bytes]:
         return [os.fsencode(e.name) for e in it]
 
 
-def create(parent_fd: int, name: bytes, flags: int, mode: int, caller: Caller) -> int:
-    """Create-or-open name as the caller; never follows a symlink at name (ELOOP)."""
+def create(parent_fd: int, name: bytes, flags: int, mode: int,
+           caller: Caller) -> tuple[int, int, os.stat_result]:
+    """Create-or-open name as the caller; never follows a symlink at name (ELOOP).
+
+    Returns the open descriptor, an O_PATH descriptor of the same object, and its stat.
+    """
     refuse_setid_on_file(mode, stat.S_IFREG)
     oflags = (flags & _PASS_FLAGS) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     if flags & os.O_EXCL:
         oflags |= os.O_EXCL
     with as_caller(caller):
-        return os.open(name, oflags, mode & 0o7777, dir_fd=parent_fd)
+        fd = os.open(name, oflags, mode & 0o7777, dir_fd=parent_fd)
+    try:
+        path_fd, st = path_fd_of(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, path_fd, st
 
 
 def path_fd_of(open_fd: int) -> tuple[int, os.stat_result]:
@@ -167,9 +178,12 @@ def link(fd: int, new_parent_fd: int, new_name: bytes) -> tuple[int, os.stat_res
     return lookup(new_parent_fd, new_name)
 
 
-def unlink(parent_fd: int, name: bytes, caller: Caller) -> None:
+def unlink(parent_fd: int, name: bytes, caller: Caller) -> os.stat_result:
+    """Remove name; returns what it was (its link count says whether it was the last)."""
+    st = stat_name(parent_fd, name)
     with as_caller(caller):
         os.unlink(name, dir_fd=parent_fd)
+    return st
 
 
 def rmdir(parent_fd: int, name: bytes, caller: Caller) -> None:
@@ -177,7 +191,7 @@ def rmdir(parent_fd: int, name: bytes, caller: Caller) -> None:
         os.rmdir(name, dir_fd=parent_fd)
 
 
-def rename(old_parent_fd: int, old: bytes, new_parent_fd: int, new: bytes, flags: int,
+def rename(old_parent_fd: int, new_parent_fd: int, old: bytes, new: bytes, flags: int,
            caller: Caller) -> None:
     if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE):
         raise OSError(errno.EINVAL, "unsupported rename flags")

@@ -65,7 +65,7 @@ class ViewContext:
         seen: set[int] = set()
         blocks = bfree = bavail = files = ffree = 0
         for subtree in self.visible(caller):
-            if subtree.source is None:
+            if subtree.source is None or subtree.stalled_since is not None:
                 continue
             try:
                 st = os.fstatvfs(subtree.source.root_fd)

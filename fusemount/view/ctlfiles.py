@@ -12,8 +12,8 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import pyfuse3
 from pyfuse3 import (
@@ -30,6 +30,7 @@ from fusemount import __version__
 from fusemount.core.records import Access, Caller, State
 from fusemount.view.attrs import fill, synthetic
 from fusemount.view.handles import ControlHandle, Handle
+from fusemount.view.live import LiveSubtree
 
 if TYPE_CHECKING:
     from fusemount.control import Controller
@@ -65,6 +66,12 @@ def is_control_fh(handle: Handle) -> bool:
     return isinstance(handle, ControlHandle)
 
 
+def _health(state: State, live: LiveSubtree | None) -> str:
+    if state is not State.ATTACHED:
+        return "failed"
+    return "stalled" if live is not None and live.stalled_since is not None else "ok"
+
+
 def _escape(text: str) -> str:
     """/proc/mounts-style escaping so a source with spaces stays one field."""
     return (text.replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
@@ -76,6 +83,8 @@ class ControlFiles:
         self.ctx = ctx
         self.render_metrics: Callable[[], str] = lambda: ""
         self.controller: Controller | None = None
+        # How a subtree root is stat'ed: Ops._io, so a stalled source cannot stall the root.
+        self.io: Callable[..., Awaitable[Any]] | None = None
 
     # --- attributes -------------------------------------------------------------------------
 
@@ -91,16 +100,22 @@ class ControlFiles:
             return synthetic(ino, stat.S_IFREG | _MODES[ino], 1, t, _STATIC_TIMEOUT)
         raise OSError(errno.ENOENT, "no such control object")
 
-    def lookup(self, parent: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
+    async def lookup(self, parent: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
         if parent == ROOT_INO:
             if name == CTL_DIR_NAME:
                 return self._attrs(CTL_DIR_INO)
-            return self._lookup_subtree(name, ctx)
+            return await self._lookup_subtree(name, ctx)
         if parent == CTL_DIR_INO and name in _FILES:
             return self._attrs(_FILES[name][0])
         raise OSError(errno.ENOENT, "no such control file")
 
-    def _lookup_subtree(self, name: bytes, ctx: RequestContext) -> EntryAttributes:
+    async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
+        if self.io is None:
+            return os.fstat(fd)
+        result: os.stat_result = await self.io(subtree, os.fstat, (fd,))
+        return result
+
+    async def _lookup_subtree(self, name: bytes, ctx: RequestContext) -> EntryAttributes:
         try:
             subtree = self.ctx.live.get(name.decode())
         except UnicodeDecodeError:
@@ -110,7 +125,9 @@ class ControlFiles:
         if subtree is None or self.ctx.access(caller, subtree.spec) is Access.NONE:
             raise OSError(errno.ENOENT, "no such subtree")
         node = self.ctx.inodes.node(subtree.root_ino)
-        st = os.fstat(self.ctx.inodes.fd(node))
+        st = await self._stat_root(subtree, self.ctx.inodes.fd(node))
+        if not subtree.live:
+            raise OSError(errno.ENOENT, "no such subtree")  # detached while we waited
         self.ctx.inodes.count_lookup(node)
         subtree.last_access = self.ctx.now()
         # entry_timeout 0: every walk into the subtree comes back here, as its caller.
@@ -147,7 +164,7 @@ class ControlFiles:
                 (name, ino_) for name, (ino_, _) in _FILES.items()]
         return FileHandleT(handle.fh)
 
-    def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
+    async def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
         inodes = self.ctx.inodes
         for index in range(start_id, len(handle.entries)):
             name, ino = handle.entries[index]
@@ -159,8 +176,10 @@ class ControlFiles:
                 if node is None or not node.subtree.live:
                     continue  # detached since the listing was taken
                 try:
-                    st = os.fstat(inodes.fd(node))
+                    st = await self._stat_root(node.subtree, inodes.fd(node))
                 except OSError:
+                    continue
+                if not node.subtree.live:
                     continue
                 attrs = fill(EntryAttributes(), ino, st, 0.0, self.ctx.config.cache.attr_timeout)
             if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, index + 1):
@@ -242,7 +261,7 @@ class ControlFiles:
                 "fstype": (spec.fstype or (ident.fstype if ident else "")),
                 "open_files": live.open_files if live else 0,
                 "access": {Access.NONE: "none", Access.RO: "ro", Access.RW: "rw"}[access],
-                "health": "ok" if spec.state is State.ATTACHED else "failed",
+                "health": _health(spec.state, live),
             }
             if spec.kind.value == "mount":
                 record["options"] = spec.options

@@ -11,6 +11,8 @@ import os
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 from fusemount.core.records import SubtreeId, SubtreeSpec
 from fusemount.host.sources import OpenedSource
 
@@ -25,6 +27,9 @@ class LiveSubtree:
     detached: bool = False  # name gone; closed when open_files drops to 0 (SPEC 4 force)
     last_access: float = field(default_factory=time.monotonic)
     requests: int = 0  # requests that reached this subtree (metrics)
+    offload: bool = False  # its source may stall: backing calls go to threads (offload.py)
+    limiter: trio.CapacityLimiter | None = None  # worker threads for offloaded calls
+    stalled_since: float | None = None  # set while calls miss their deadline
     _mount_fd: int = -1  # non-O_PATH descriptor open_by_handle_at needs; opened lazily
 
     @property

@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TypeVar
 
 import pyfuse3
 from pyfuse3 import (
@@ -43,10 +44,26 @@ from fusemount.view.context import ViewContext
 from fusemount.view.errors import fuse_handler
 from fusemount.view.handles import ControlHandle, DirHandle
 from fusemount.view.inodes import Node
+from fusemount.view.live import LiveSubtree
+from fusemount.view.offload import Offloader
 
 log = logging.getLogger(__name__)
 
+R = TypeVar("R")
+
 _NOBODY = 65534
+
+
+def _first(made: tuple[int, os.stat_result]) -> tuple[int]:
+    return (made[0],)
+
+
+def _itself(fd: int) -> tuple[int]:
+    return (fd,)
+
+
+def _two(made: tuple[int, int, os.stat_result]) -> tuple[int, int]:
+    return (made[0], made[1])
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 _PRIVATE_XATTR_NS = (b"trusted.", b"security.")
 
@@ -71,6 +88,16 @@ class Ops(pyfuse3.Operations):
         self.control = ctlfiles.ControlFiles(ctx)
         self.entry_timeout = ctx.config.cache.entry_timeout
         self.attr_timeout = ctx.config.cache.attr_timeout
+        self.offloader = Offloader(ctx.config.limits.request_timeout_s)
+        self.control.io = self._io
+
+    async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
+        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
+        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
+        if not subtree.offload:
+            return fn(*fds, *args)
+        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
 
     # --- who may do what ---------------------------------------------------------------
 
@@ -112,12 +139,13 @@ class Ops(pyfuse3.Operations):
     async def lookup(self, parent_inode: InodeT, name: FileNameT,
                      ctx: RequestContext) -> EntryAttributes:
         if ctlfiles.is_control(parent_inode):
-            return self.control.lookup(parent_inode, name, ctx)
+            return await self.control.lookup(parent_inode, name, ctx)
         _check_name(name)
         parent = self._node(parent_inode)
         self._enter(ctx, parent, new_names=True)
         try:
-            fd, st = backing.lookup(self.inodes.fd(parent), name)
+            fd, st = await self._io(parent.subtree, backing.lookup, (self.inodes.fd(parent),),
+                                    name, new_fds=_first)
         except FileNotFoundError:
             negative = EntryAttributes()
             negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
@@ -146,7 +174,8 @@ class Ops(pyfuse3.Operations):
             return self.control.getattr(inode, ctx)
         node = self._node(inode)
         self._enter(ctx, node)
-        return self._attrs(node, backing.getattr_(self.inodes.fd(node)))
+        st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
+        return self._attrs(node, st)
 
     @override
     @fuse_handler
@@ -156,39 +185,42 @@ class Ops(pyfuse3.Operations):
             return self.control.setattr(inode, fields, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, write=True, groups=True)
-        fd = self.inodes.fd(node)
+        subtree = node.subtree
         # The kernel has already applied setattr_prepare() for the caller (default_permissions:
         # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
         # is done as the caller only where the backing filesystem must judge it too.
         if fields.update_mode:
-            backing.refuse_setid_on_file(attr.st_mode, backing.getattr_(fd).st_mode)
-            backing.chmod(fd, attr.st_mode, caller)
+            current = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
+            backing.refuse_setid_on_file(attr.st_mode, current.st_mode)
+            await self._io(subtree, backing.chmod, (self.inodes.fd(node),), attr.st_mode, caller)
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
-            backing.chown(fd, uid, gid, caller)
+            await self._io(subtree, backing.chown, (self.inodes.fd(node),), uid, gid, caller)
         if fields.update_size:
-            open_fd = None
-            if fh is not None:
-                handle = self.handles.get(fh)
-                if not isinstance(handle, ControlHandle | DirHandle):
-                    open_fd = handle.fd
-            backing.truncate(fd, attr.st_size, caller, open_fd)
+            handle = self.handles.get(fh) if fh is not None else None
+            if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
+                await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
+                               caller)
+            else:
+                await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
+                               attr.st_size, caller)
         if fields.update_atime or fields.update_mtime:
-            backing.utimens(
-                fd,
+            await self._io(
+                subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
                 caller if caller.uid == _NOBODY else Caller(0, 0, caller.pid),
             )
-        return self._attrs(node, backing.getattr_(fd))
+        st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
+        return self._attrs(node, st)
 
     @override
     @fuse_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
         node = self._node(inode)
         self._enter(ctx, node)
-        return FileNameT(backing.readlink(self.inodes.fd(node)))
+        return FileNameT(await self._io(node.subtree, backing.readlink, (self.inodes.fd(node),)))
 
     @override
     @fuse_handler
@@ -197,7 +229,7 @@ class Ops(pyfuse3.Operations):
             return True
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(mode & os.W_OK), groups=True)
-        return backing.access(self.inodes.fd(node), mode, caller)
+        return await self._io(node.subtree, backing.access, (self.inodes.fd(node),), mode, caller)
 
     @override
     @fuse_handler
@@ -224,23 +256,27 @@ class Ops(pyfuse3.Operations):
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        return self._adopt(parent, backing.mkdir(self.inodes.fd(parent), name, mode, caller))
+        made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
+                              mode, caller, new_fds=_first)
+        return self._adopt(parent, made)
 
     @override
     @fuse_handler
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        return self._adopt(parent, backing.mknod(self.inodes.fd(parent), name, mode, rdev,
-                                                 caller))
+        made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
+                              mode, rdev, caller, new_fds=_first)
+        return self._adopt(parent, made)
 
     @override
     @fuse_handler
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        return self._adopt(parent, backing.symlink(self.inodes.fd(parent), name, target,
-                                                   caller))
+        made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
+                              target, caller, new_fds=_first)
+        return self._adopt(parent, made)
 
     @override
     @fuse_handler
@@ -252,16 +288,16 @@ class Ops(pyfuse3.Operations):
         node = self._node(inode)
         if node.subtree is not parent.subtree:
             raise OSError(errno.EXDEV, "hard link between subtrees")
-        fd = self.inodes.fd(node)
-        return self._adopt(parent, backing.link(fd, self.inodes.fd(parent), new_name))
+        fds = (self.inodes.fd(node), self.inodes.fd(parent))
+        made = await self._io(parent.subtree, backing.link, fds, new_name, new_fds=_first)
+        return self._adopt(parent, made)
 
     @override
     @fuse_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        parent_fd = self.inodes.fd(parent)
-        st = backing.stat_name(parent_fd, name)
-        backing.unlink(parent_fd, name, caller)
+        st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
+                            caller)
         if st.st_nlink <= 1:
             # The last name is gone: drop our descriptor now rather than at the kernel's
             # forget, so the space comes back when the last open file closes, as natively.
@@ -273,7 +309,7 @@ class Ops(pyfuse3.Operations):
     @fuse_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        backing.rmdir(self.inodes.fd(parent), name, caller)
+        await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
 
     @override
     @fuse_handler
@@ -284,9 +320,9 @@ class Ops(pyfuse3.Operations):
         new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
         if old_parent.subtree is not new_parent.subtree:
             raise OSError(errno.EXDEV, "rename between subtrees")
-        old_fd = self.inodes.fd(old_parent)
-        new_fd = self.inodes.fd(new_parent)
-        backing.rename(old_fd, name_old, new_fd, name_new, flags, caller)
+        fds = (self.inodes.fd(old_parent), self.inodes.fd(new_parent))
+        await self._io(old_parent.subtree, backing.rename, fds, name_old, name_new, flags,
+                       caller)
 
     # --- files ------------------------------------------------------------------------------
 
@@ -299,7 +335,8 @@ class Ops(pyfuse3.Operations):
         caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
                              new_names=True)
         self.handles.check_room()
-        fd = backing.reopen(self.inodes.fd(node), flags, caller)
+        fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
+                            new_fds=_itself)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
@@ -312,11 +349,13 @@ class Ops(pyfuse3.Operations):
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         self.handles.check_room()
-        fd = backing.create(self.inodes.fd(parent), name, flags, mode, caller)
+        fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
+                                         name, flags, mode, caller, new_fds=_two)
         try:
-            path_fd, st = backing.path_fd_of(fd)
-        except BaseException:
+            self.handles.check_room()  # an offloaded call awaits: other opens may have come
+        except OSError:
             os.close(fd)
+            os.close(path_fd)
             raise
         node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino)
         handle = self.handles.add_file(node, fd, True)
@@ -327,7 +366,8 @@ class Ops(pyfuse3.Operations):
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
         if ctlfiles.is_control_fh(self.handles.get(fh)):
             return self.control.read(fh, off, size)
-        return os.pread(self.handles.file(fh).fd, size, off)
+        handle = self.handles.file(fh)
+        return await self._io(handle.node.subtree, os.pread, (handle.fd,), size, off)
 
     @override
     @fuse_handler
@@ -335,7 +375,8 @@ class Ops(pyfuse3.Operations):
         handle = self.handles.get(fh)
         if isinstance(handle, ControlHandle):
             return await self.control.write(handle, buf)
-        return os.pwrite(self.handles.file(fh).fd, buf, off)
+        handle = self.handles.file(fh)
+        return await self._io(handle.node.subtree, os.pwrite, (handle.fd,), buf, off)
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -356,10 +397,8 @@ class Ops(pyfuse3.Operations):
         if isinstance(self.handles.get(fh), ControlHandle):
             return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
-        if datasync:
-            os.fdatasync(handle.fd)
-        else:
-            os.fsync(handle.fd)
+        sync = os.fdatasync if datasync else os.fsync
+        await self._io(handle.node.subtree, sync, (handle.fd,))
 
     # --- directories ------------------------------------------------------------------------
 
@@ -371,7 +410,8 @@ class Ops(pyfuse3.Operations):
         node = self._node(inode)
         caller = self._enter(ctx, node, groups=True, new_names=True)
         self.handles.check_room()
-        fd = backing.opendir(self.inodes.fd(node), caller)
+        fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
+                            new_fds=_itself)
         return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
 
     @override
@@ -379,31 +419,34 @@ class Ops(pyfuse3.Operations):
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, ControlHandle):
-            self.control.readdir(handle, start_id, token)
+            await self.control.readdir(handle, start_id, token)
             return
         assert isinstance(handle, DirHandle)
-        if handle.names is None or start_id == 0:
-            handle.names = [b".", b"..", *backing.listdir(handle.fd)]
-        names = handle.names
         subtree = handle.node.subtree
+        if handle.names is None or start_id == 0:
+            handle.names = [b".", b"..",
+                            *await self._io(subtree, backing.listdir, (handle.fd,))]
+        names = handle.names
         inodes = self.inodes
         for index in range(start_id, len(names)):
             name = names[index]
             if index < 2:
                 # `.` and `..` as a native listing shows them; the kernel takes no lookup
                 # reference for them, and `..` is never resolved on the source (SPEC 1).
-                dot = self._attrs(handle.node, backing.getattr_(handle.fd))
+                dot = self._attrs(handle.node,
+                                  await self._io(subtree, backing.getattr_, (handle.fd,)))
                 if not pyfuse3.readdir_reply(token, FileNameT(name), dot, index + 1):
                     break
                 continue
             try:
-                st = backing.stat_name(handle.fd, name)
+                st = await self._io(subtree, backing.stat_name, (handle.fd,), name)
             except FileNotFoundError:
                 continue  # removed since the listing was taken
             node = inodes.find(subtree, st.st_dev, st.st_ino)
             if node is None or not subtree.live:
                 try:
-                    fd, st = backing.lookup(handle.fd, name)
+                    fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
+                                            new_fds=_first)
                 except FileNotFoundError:
                     continue
                 node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino)
@@ -425,7 +468,7 @@ class Ops(pyfuse3.Operations):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
-            os.fsync(handle.fd)
+            await self._io(handle.node.subtree, os.fsync, (handle.fd,))
 
     # --- extended attributes ----------------------------------------------------------------
 
@@ -441,7 +484,8 @@ class Ops(pyfuse3.Operations):
         node, caller = self._xattr_node(inode, ctx, False)
         if caller.uid != 0 and name.startswith(b"trusted."):
             raise OSError(pyfuse3.ENOATTR, "hidden namespace")
-        return backing.getxattr(self.inodes.fd(node), name, Caller(0, 0, caller.pid))
+        return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),), name,
+                              Caller(0, 0, caller.pid))
 
     @override
     @fuse_handler
@@ -449,7 +493,8 @@ class Ops(pyfuse3.Operations):
         if ctlfiles.is_control(inode):
             return []
         node, caller = self._xattr_node(inode, ctx, False)
-        names = backing.listxattr(self.inodes.fd(node), Caller(0, 0, caller.pid))
+        names = await self._io(node.subtree, backing.listxattr, (self.inodes.fd(node),),
+                               Caller(0, 0, caller.pid))
         if caller.uid != 0:
             names = [n for n in names if not n.startswith(b"trusted.")]
         return [XAttrNameT(n) for n in names]
@@ -463,7 +508,8 @@ class Ops(pyfuse3.Operations):
         # would be writable by anyone through the view: only root may touch them.
         if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
             raise OSError(errno.EPERM, "namespace reserved to root")
-        backing.setxattr(self.inodes.fd(node), name, value, 0, caller)
+        await self._io(node.subtree, backing.setxattr, (self.inodes.fd(node),), name, value, 0,
+                       caller)
 
     @override
     @fuse_handler
@@ -471,5 +517,5 @@ class Ops(pyfuse3.Operations):
         node, caller = self._xattr_node(inode, ctx, True)
         if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
             raise OSError(errno.EPERM, "namespace reserved to root")
-        backing.removexattr(self.inodes.fd(node), name, caller)
+        await self._io(node.subtree, backing.removexattr, (self.inodes.fd(node),), name, caller)
 
