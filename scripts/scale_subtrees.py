@@ -57,11 +57,12 @@ def main() -> int:
     view.mkdir()
     config = base / "config.toml"
     config.write_text(f"[limits]\nmax_subtrees = {args.subtrees}\n")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fusemount", "serve", str(view), "--config", str(config),
-         "--state", str(base / "state.json")],
-        stderr=open(base / "daemon.log", "wb"),
-    )
+    with open(base / "daemon.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fusemount", "serve", str(view), "--config", str(config),
+             "--state", str(base / "state.json")],
+            stderr=log,
+        )
     try:
         deadline = time.monotonic() + 20
         while not (view / ".fusemount" / "version").exists():
