@@ -255,7 +255,7 @@ def _serve(opts: ServeOptions) -> int:
         raise ServeError(f"audit log {config.log.audit}: {exc.strerror}") from None
 
     rules = Rules(principals.resolve_admins(config.access.admins), config.access)
-    inodes = InodeTable(config.limits.max_cached_fds)
+    inodes = InodeTable(config.limits.max_cached_fds, config.limits.max_inodes)
     ctx = ViewContext(config=config, rules=rules, table=SubtreeTable(config.limits),
                       inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files))
     metrics = Metrics()

@@ -29,6 +29,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "max_open_files": (1, 16384),
     "max_command_bytes": (64, 1048576),
     "max_cached_fds": (64, 16384),
+    "max_inodes": (1024, 16777216),
 }
 # Timeouts in seconds: a day is already far beyond any useful value.
 TIMEOUT_MAX_S = 86400.0
@@ -88,6 +89,7 @@ def parse_config(text: str) -> Config:
             max_open_files=limits.integer("max_open_files", lim.max_open_files),
             max_command_bytes=limits.integer("max_command_bytes", lim.max_command_bytes),
             max_cached_fds=limits.integer("max_cached_fds", lim.max_cached_fds),
+            max_inodes=limits.integer("max_inodes", lim.max_inodes),
             request_timeout_s=limits.seconds(
                 "request_timeout_s", lim.request_timeout_s, zero_ok=False
             ),
@@ -213,6 +215,7 @@ _COMMENTS: dict[str, str] = {
     "access.source_roots": "empty: any directory",
     "access.fstypes": "empty: any type",
     "limits.max_cached_fds": "descriptors kept for inodes the kernel knows",
+    "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
     "log.audit": 'path of the JSON-lines audit log; "" = stderr',
 }
 

@@ -132,6 +132,7 @@ class Limits:
     max_open_files: int = 4096
     max_command_bytes: int = 4096
     max_cached_fds: int = 8192  # descriptors kept for inodes the kernel knows (beyond SPEC 6)
+    max_inodes: int = 262144  # inodes known before the kernel is asked to forget cold ones
     request_timeout_s: float = 30.0
 
 

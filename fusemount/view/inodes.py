@@ -46,6 +46,11 @@ class Node:
     handle: bytes | None = None
     evictable: bool = True
     is_root: bool = False
+    # Where the kernel last found it: a hint for asking the kernel to forget it when the
+    # table is over max_inodes (invalidate_entry), never used to resolve anything.
+    parent: int = 0
+    name: bytes = b""
+    trimming: bool = False  # an invalidation was requested; waiting for the forget
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +63,9 @@ class InodeStats:
 
 
 class InodeTable:
-    def __init__(self, max_cached_fds: int) -> None:
+    def __init__(self, max_cached_fds: int, max_inodes: int = 1 << 62) -> None:
         self.max_cached_fds = max_cached_fds
+        self.max_inodes = max_inodes
         self._by_ino: dict[int, Node] = {}
         self._by_key: dict[tuple[SubtreeId, int, int], Node] = {}
         self._lru: OrderedDict[int, Node] = OrderedDict()  # idle nodes holding an fd
@@ -106,14 +112,16 @@ class InodeTable:
     def find(self, subtree: LiveSubtree, dev: int, st_ino: int) -> Node | None:
         return self._by_key.get((subtree.id, dev, st_ino))
 
-    def adopt(self, subtree: LiveSubtree, fd: int, dev: int, st_ino: int) -> Node:
+    def adopt(self, subtree: LiveSubtree, fd: int, dev: int, st_ino: int,
+              parent: int = 0, name: bytes = b"") -> Node:
         """Take ownership of fd (an O_PATH descriptor of dev/st_ino) and count one lookup.
 
-        If the object is already known, fd is closed (or revives an evicted node).
+        If the object is already known, fd is closed (or revives an evicted node). parent and
+        name record where the kernel found it (see Node.parent).
         """
         node = self._by_key.get((subtree.id, dev, st_ino))
         if node is None:
-            node = Node(self._new_ino(), subtree, dev, st_ino, fd)
+            node = Node(self._new_ino(), subtree, dev, st_ino, fd, parent=parent, name=name)
             self._by_ino[node.ino] = node
             self._by_key[(subtree.id, dev, st_ino)] = node
             self._held += 1
@@ -124,11 +132,35 @@ class InodeTable:
             self._idle(node)
         else:
             os.close(fd)
+        if parent:
+            node.parent, node.name = parent, name
+            # Recently found: move to the end, so trimming takes the coldest first.
+            del self._by_ino[node.ino]
+            self._by_ino[node.ino] = node
+        node.trimming = False
         node.lookups += 1
         return node
 
+    def cold_entries(self, batch: int) -> list[tuple[int, bytes]]:
+        """(parent, name) of up to batch of the least recently found nodes, when the table
+        holds more than max_inodes: asking the kernel to drop these entries makes it forget
+        the inodes, which is what keeps the daemon's memory bounded (SPEC 6)."""
+        excess = len(self._by_ino) - self.max_inodes
+        if excess <= 0:
+            return []
+        out: list[tuple[int, bytes]] = []
+        for node in self._by_ino.values():
+            if len(out) >= min(batch, excess):
+                break
+            if node.trimming or node.pins or node.is_root or not node.parent:
+                continue
+            node.trimming = True
+            out.append((node.parent, node.name))
+        return out
+
     def count_lookup(self, node: Node) -> None:
         """One more kernel reference to a node already in the table (readdirplus, root)."""
+        node.trimming = False
         node.lookups += 1
 
     def fd(self, node: Node) -> int:

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 _NOBODY = 65534
+_TRIM_BATCH = 4096
 
 
 def _first(made: tuple[int, os.stat_result]) -> tuple[int]:
@@ -151,8 +152,16 @@ class Ops(pyfuse3.Operations):
             negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
             negative.entry_timeout = self.entry_timeout
             return negative
-        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino)
+        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
+        self._trim()
         return self._attrs(node, st)
+
+    def _trim(self) -> None:
+        """Over max_inodes: ask the kernel to drop its coldest entries, so it forgets them."""
+        if len(self.inodes) <= self.inodes.max_inodes or not self.ctx.mounted:
+            return
+        for parent, name in self.inodes.cold_entries(_TRIM_BATCH):
+            pyfuse3.invalidate_entry_async(InodeT(parent), FileNameT(name), ignore_enoent=True)
 
     @override
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
@@ -246,9 +255,11 @@ class Ops(pyfuse3.Operations):
         parent = self._node(parent_inode)
         return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
 
-    def _adopt(self, parent: Node, made: tuple[int, os.stat_result]) -> EntryAttributes:
+    def _adopt(self, parent: Node, name: bytes,
+               made: tuple[int, os.stat_result]) -> EntryAttributes:
         fd, st = made
-        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino)
+        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
+        self._trim()
         return self._attrs(node, st)
 
     @override
@@ -258,7 +269,7 @@ class Ops(pyfuse3.Operations):
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
                               mode, caller, new_fds=_first)
-        return self._adopt(parent, made)
+        return self._adopt(parent, name, made)
 
     @override
     @fuse_handler
@@ -267,7 +278,7 @@ class Ops(pyfuse3.Operations):
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
                               mode, rdev, caller, new_fds=_first)
-        return self._adopt(parent, made)
+        return self._adopt(parent, name, made)
 
     @override
     @fuse_handler
@@ -276,7 +287,7 @@ class Ops(pyfuse3.Operations):
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
                               target, caller, new_fds=_first)
-        return self._adopt(parent, made)
+        return self._adopt(parent, name, made)
 
     @override
     @fuse_handler
@@ -290,7 +301,7 @@ class Ops(pyfuse3.Operations):
             raise OSError(errno.EXDEV, "hard link between subtrees")
         fds = (self.inodes.fd(node), self.inodes.fd(parent))
         made = await self._io(parent.subtree, backing.link, fds, new_name, new_fds=_first)
-        return self._adopt(parent, made)
+        return self._adopt(parent, new_name, made)
 
     @override
     @fuse_handler
@@ -357,7 +368,7 @@ class Ops(pyfuse3.Operations):
             os.close(fd)
             os.close(path_fd)
             raise
-        node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino)
+        node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
         handle = self.handles.add_file(node, fd, True)
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
@@ -449,13 +460,14 @@ class Ops(pyfuse3.Operations):
                                             new_fds=_first)
                 except FileNotFoundError:
                     continue
-                node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino)
+                node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
             else:
                 inodes.count_lookup(node)
             if not pyfuse3.readdir_reply(token, FileNameT(name), self._attrs(node, st),
                                          index + 1):
                 inodes.forget(node.ino, 1)  # the kernel did not take this entry
                 break
+        self._trim()
 
     @override
     @fuse_handler
