@@ -538,6 +538,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-cached-fds", type=int, help="[limits] max_cached_fds in the daemon's config"
     )
+    parser.add_argument(
+        "--max-inodes", type=int, help="[limits] max_inodes in the daemon's config"
+    )
     parser.add_argument("--json", type=Path, help="write the results and samples here")
     parser.add_argument("--phase-timeout-s", type=float, default=1800.0)
     parser.add_argument("--start-timeout-s", type=float, default=30.0)
@@ -559,8 +562,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"built in {tree.build_s:.1f} s", file=sys.stderr)
     config_text = "# written by scripts/walk_fds.py\n"
+    limits = []
     if args.max_cached_fds is not None:
-        config_text += f"[limits]\nmax_cached_fds = {args.max_cached_fds}\n"
+        limits.append(f"max_cached_fds = {args.max_cached_fds}")
+    if args.max_inodes is not None:
+        limits.append(f"max_inodes = {args.max_inodes}")
+    if limits:
+        config_text += "[limits]\n" + "\n".join(limits) + "\n"
     scratch = Path(tempfile.mkdtemp(prefix="fusemount-walk-run-", dir=base))
     phases: list[PhaseResult] = []
     nofile: tuple[str, str] | None = None
