@@ -16,8 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
 import pyfuse3
 from pyfuse3 import (
@@ -32,106 +31,24 @@ from pyfuse3 import (
     RequestContext,
     SetattrFields,
     StatvfsData,
-    XAttrNameT,
 )
 from typing_extensions import override
 
-from fusemount.core.records import Access, Caller
+from fusemount.core.records import Caller
 from fusemount.host import backing
 from fusemount.view import ctlfiles
-from fusemount.view.attrs import fill
-from fusemount.view.context import ViewContext
 from fusemount.view.errors import fuse_handler
+from fusemount.view.gate import NOBODY, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import ControlHandle, DirHandle
-from fusemount.view.inodes import Node
-from fusemount.view.live import LiveSubtree
-from fusemount.view.offload import Offloader
+from fusemount.view.xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
-
-_NOBODY = 65534
-_TRIM_BATCH = 4096
-
-
-def _first(made: tuple[int, os.stat_result]) -> tuple[int]:
-    return (made[0],)
-
-
-def _itself(fd: int) -> tuple[int]:
-    return (fd,)
-
-
-def _two(made: tuple[int, int, os.stat_result]) -> tuple[int, int]:
-    return (made[0], made[1])
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
-_PRIVATE_XATTR_NS = (b"trusted.", b"security.")
 
 
-def _check_name(name: bytes) -> None:
-    """Single-component names only: `.` and `..` are never looked up on a source (SPEC 1)."""
-    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
-        raise OSError(errno.ENOENT, "refused name")
-
-
-class Ops(pyfuse3.Operations):
-    supports_dot_lookup = False  # no export support: the kernel never asks for `..`
-    enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
-    enable_writeback_cache = False
-
-    def __init__(self, ctx: ViewContext) -> None:
-        super().__init__()
-        self.ctx = ctx
-        self.inodes = ctx.inodes
-        self.handles = ctx.handles
-        self.callers = ctx.callers
-        self.control = ctlfiles.ControlFiles(ctx)
-        self.entry_timeout = ctx.config.cache.entry_timeout
-        self.attr_timeout = ctx.config.cache.attr_timeout
-        self.offloader = Offloader(ctx.config.limits.request_timeout_s)
-        self.control.io = self._io
-
-    async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
-                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
-        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
-        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
-        if not subtree.offload:
-            return fn(*fds, *args)
-        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
-
-    # --- who may do what ---------------------------------------------------------------
-
-    def _enter(self, ctx: RequestContext, node: Node, *, write: bool = False,
-               groups: bool = False, new_names: bool = False) -> Caller:
-        """Check the caller may use node's subtree; return the caller the backing sees.
-
-        EACCES for a caller without access (the kernel may have cached the path for others),
-        EROFS for a modification under read-only access, ENOENT once the subtree is detached
-        and the request would reach a new name (new lookups fail, open files keep working).
-        """
-        subtree = node.subtree
-        if new_names and not subtree.live:
-            raise OSError(errno.ENOENT, "subtree detached")
-        caller = self.callers.from_ctx(ctx)
-        access = self.ctx.access(caller, subtree.spec)
-        if access is Access.NONE:
-            raise OSError(errno.EACCES, "no access to subtree")
-        if write and access is not Access.RW:
-            raise OSError(errno.EROFS, "read-only access")
-        subtree.last_access = self.ctx.now()
-        subtree.requests += 1
-        if caller.uid == 0 and subtree.spec.policy.squash_root:
-            return Caller(_NOBODY, _NOBODY, caller.pid, caller.umask)
-        if groups:
-            return self.callers.with_groups(caller)
-        return caller
-
-    def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
-        return fill(EntryAttributes(), node.ino, st, self.entry_timeout, self.attr_timeout)
-
-    def _node(self, ino: int) -> Node:
-        return self.inodes.node(ino)
+class Ops(XattrOps):
+    """The handlers for names, attributes, files and directories."""
 
     # --- lookups and attributes -----------------------------------------------------------
 
@@ -141,12 +58,12 @@ class Ops(pyfuse3.Operations):
                      ctx: RequestContext) -> EntryAttributes:
         if ctlfiles.is_control(parent_inode):
             return await self.control.lookup(parent_inode, name, ctx)
-        _check_name(name)
+        check_name(name)
         parent = self._node(parent_inode)
         self._enter(ctx, parent, new_names=True)
         try:
             fd, st = await self._io(parent.subtree, backing.lookup, (self.inodes.fd(parent),),
-                                    name, new_fds=_first)
+                                    name, new_fds=first_fd)
         except FileNotFoundError:
             negative = EntryAttributes()
             negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
@@ -155,13 +72,6 @@ class Ops(pyfuse3.Operations):
         node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
         self._trim()
         return self._attrs(node, st)
-
-    def _trim(self) -> None:
-        """Over max_inodes: ask the kernel to drop its coldest entries, so it forgets them."""
-        if len(self.inodes) <= self.inodes.max_inodes or not self.ctx.mounted:
-            return
-        for parent, name in self.inodes.cold_entries(_TRIM_BATCH):
-            pyfuse3.invalidate_entry_async(InodeT(parent), FileNameT(name), ignore_enoent=True)
 
     @override
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
@@ -219,7 +129,7 @@ class Ops(pyfuse3.Operations):
                 subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
-                caller if caller.uid == _NOBODY else Caller(0, 0, caller.pid),
+                caller if caller.uid == NOBODY else Caller(0, 0, caller.pid),
             )
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
@@ -247,28 +157,13 @@ class Ops(pyfuse3.Operations):
 
     # --- creating and removing names --------------------------------------------------------
 
-    def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
-                           ) -> tuple[Node, Caller]:
-        if ctlfiles.is_control(parent_inode):
-            raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
-        _check_name(name)
-        parent = self._node(parent_inode)
-        return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
-
-    def _adopt(self, parent: Node, name: bytes,
-               made: tuple[int, os.stat_result]) -> EntryAttributes:
-        fd, st = made
-        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
-        self._trim()
-        return self._attrs(node, st)
-
     @override
     @fuse_handler
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
-                              mode, caller, new_fds=_first)
+                              mode, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
     @override
@@ -277,7 +172,7 @@ class Ops(pyfuse3.Operations):
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
-                              mode, rdev, caller, new_fds=_first)
+                              mode, rdev, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
     @override
@@ -286,7 +181,7 @@ class Ops(pyfuse3.Operations):
                       ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
-                              target, caller, new_fds=_first)
+                              target, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
     @override
@@ -300,7 +195,7 @@ class Ops(pyfuse3.Operations):
         if node.subtree is not parent.subtree:
             raise OSError(errno.EXDEV, "hard link between subtrees")
         fds = (self.inodes.fd(node), self.inodes.fd(parent))
-        made = await self._io(parent.subtree, backing.link, fds, new_name, new_fds=_first)
+        made = await self._io(parent.subtree, backing.link, fds, new_name, new_fds=first_fd)
         return self._adopt(parent, new_name, made)
 
     @override
@@ -347,7 +242,7 @@ class Ops(pyfuse3.Operations):
                              new_names=True)
         self.handles.check_room()
         fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
-                            new_fds=_itself)
+                            new_fds=the_fd)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
@@ -361,7 +256,7 @@ class Ops(pyfuse3.Operations):
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
         self.handles.check_room()
         fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
-                                         name, flags, mode, caller, new_fds=_two)
+                                         name, flags, mode, caller, new_fds=two_fds)
         try:
             self.handles.check_room()  # an offloaded call awaits: other opens may have come
         except OSError:
@@ -422,7 +317,7 @@ class Ops(pyfuse3.Operations):
         caller = self._enter(ctx, node, groups=True, new_names=True)
         self.handles.check_room()
         fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
-                            new_fds=_itself)
+                            new_fds=the_fd)
         return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
 
     @override
@@ -457,7 +352,7 @@ class Ops(pyfuse3.Operations):
             if node is None or not subtree.live:
                 try:
                     fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
-                                            new_fds=_first)
+                                            new_fds=first_fd)
                 except FileNotFoundError:
                     continue
                 node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
@@ -481,53 +376,4 @@ class Ops(pyfuse3.Operations):
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
             await self._io(handle.node.subtree, os.fsync, (handle.fd,))
-
-    # --- extended attributes ----------------------------------------------------------------
-
-    def _xattr_node(self, inode: int, ctx: RequestContext, write: bool) -> tuple[Node, Caller]:
-        if ctlfiles.is_control(inode):
-            raise OSError(errno.EPERM if write else pyfuse3.ENOATTR, "no xattrs here")
-        node = self._node(inode)
-        return node, self._enter(ctx, node, write=write, groups=write)
-
-    @override
-    @fuse_handler
-    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        node, caller = self._xattr_node(inode, ctx, False)
-        if caller.uid != 0 and name.startswith(b"trusted."):
-            raise OSError(pyfuse3.ENOATTR, "hidden namespace")
-        return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),), name,
-                              Caller(0, 0, caller.pid))
-
-    @override
-    @fuse_handler
-    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
-        if ctlfiles.is_control(inode):
-            return []
-        node, caller = self._xattr_node(inode, ctx, False)
-        names = await self._io(node.subtree, backing.listxattr, (self.inodes.fd(node),),
-                               Caller(0, 0, caller.pid))
-        if caller.uid != 0:
-            names = [n for n in names if not n.startswith(b"trusted.")]
-        return [XAttrNameT(n) for n in names]
-
-    @override
-    @fuse_handler
-    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
-                       ctx: RequestContext) -> None:
-        node, caller = self._xattr_node(inode, ctx, True)
-        # The daemon keeps CAP_SYS_ADMIN even with a borrowed fsuid, so these namespaces
-        # would be writable by anyone through the view: only root may touch them.
-        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
-            raise OSError(errno.EPERM, "namespace reserved to root")
-        await self._io(node.subtree, backing.setxattr, (self.inodes.fd(node),), name, value, 0,
-                       caller)
-
-    @override
-    @fuse_handler
-    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
-        node, caller = self._xattr_node(inode, ctx, True)
-        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
-            raise OSError(errno.EPERM, "namespace reserved to root")
-        await self._io(node.subtree, backing.removexattr, (self.inodes.fd(node),), name, caller)
 

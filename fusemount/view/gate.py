@@ -1,0 +1,141 @@
+"""What every handler does first: who asks, may they, and how a backing call runs (SPEC 5).
+
+OpsBase holds the view's collaborators and the steps the handlers in ops.py and xattrs.py
+share: the subtree gate (access, read-only, detached), attributes, adopting new objects,
+bounding the inode table, and running a backing call inline or offloaded.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+import pyfuse3
+from pyfuse3 import (
+    EntryAttributes,
+    FileNameT,
+    InodeT,
+    RequestContext,
+)
+
+from fusemount.core.records import Access, Caller
+from fusemount.view import ctlfiles
+from fusemount.view.attrs import fill
+from fusemount.view.context import ViewContext
+from fusemount.view.inodes import Node
+from fusemount.view.live import LiveSubtree
+from fusemount.view.offload import Offloader
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+NOBODY = 65534  # what uid 0 becomes on a squashed subtree
+_TRIM_BATCH = 4096
+
+
+# What a backing call's result creates, for Offloader (the descriptors to close if abandoned).
+def first_fd(made: tuple[int, os.stat_result]) -> tuple[int]:
+    return (made[0],)
+
+
+def the_fd(fd: int) -> tuple[int]:
+    return (fd,)
+
+
+def two_fds(made: tuple[int, int, os.stat_result]) -> tuple[int, int]:
+    return (made[0], made[1])
+
+
+def check_name(name: bytes) -> None:
+    """Single-component names only: `.` and `..` are never looked up on a source (SPEC 1)."""
+    if not name or name in (b".", b"..") or b"/" in name or b"\0" in name:
+        raise OSError(errno.ENOENT, "refused name")
+
+
+class OpsBase(pyfuse3.Operations):
+    """Collaborators and shared steps of every handler."""
+
+    supports_dot_lookup = False  # no export support: the kernel never asks for `..`
+    enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
+    enable_writeback_cache = False
+
+    def __init__(self, ctx: ViewContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.inodes = ctx.inodes
+        self.handles = ctx.handles
+        self.callers = ctx.callers
+        self.control = ctlfiles.ControlFiles(ctx)
+        self.entry_timeout = ctx.config.cache.entry_timeout
+        self.attr_timeout = ctx.config.cache.attr_timeout
+        self.offloader = Offloader(ctx.config.limits.request_timeout_s)
+        self.control.io = self._io
+
+    async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
+        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
+        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
+        if not subtree.offload:
+            return fn(*fds, *args)
+        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+
+    # --- who may do what ---------------------------------------------------------------
+
+    def _enter(self, ctx: RequestContext, node: Node, *, write: bool = False,
+               groups: bool = False, new_names: bool = False) -> Caller:
+        """Check the caller may use node's subtree; return the caller the backing sees.
+
+        EACCES for a caller without access (the kernel may have cached the path for others),
+        EROFS for a modification under read-only access, ENOENT once the subtree is detached
+        and the request would reach a new name (new lookups fail, open files keep working).
+        """
+        subtree = node.subtree
+        if new_names and not subtree.live:
+            raise OSError(errno.ENOENT, "subtree detached")
+        caller = self.callers.from_ctx(ctx)
+        access = self.ctx.access(caller, subtree.spec)
+        if access is Access.NONE:
+            raise OSError(errno.EACCES, "no access to subtree")
+        if write and access is not Access.RW:
+            raise OSError(errno.EROFS, "read-only access")
+        subtree.last_access = self.ctx.now()
+        subtree.requests += 1
+        if caller.uid == 0 and subtree.spec.policy.squash_root:
+            return Caller(NOBODY, NOBODY, caller.pid, caller.umask)
+        if groups:
+            return self.callers.with_groups(caller)
+        return caller
+
+    def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
+        return fill(EntryAttributes(), node.ino, st, self.entry_timeout, self.attr_timeout)
+
+    def _node(self, ino: int) -> Node:
+        return self.inodes.node(ino)
+
+    def _trim(self) -> None:
+        """Over max_inodes: ask the kernel to drop its coldest entries, so it forgets them."""
+        if len(self.inodes) <= self.inodes.max_inodes or not self.ctx.mounted:
+            return
+        for parent, name in self.inodes.cold_entries(_TRIM_BATCH):
+            pyfuse3.invalidate_entry_async(InodeT(parent), FileNameT(name), ignore_enoent=True)
+
+
+    def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
+                           ) -> tuple[Node, Caller]:
+        if ctlfiles.is_control(parent_inode):
+            raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
+        check_name(name)
+        parent = self._node(parent_inode)
+        return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
+
+    def _adopt(self, parent: Node, name: bytes,
+               made: tuple[int, os.stat_result]) -> EntryAttributes:
+        fd, st = made
+        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
+        self._trim()
+        return self._attrs(node, st)
+

@@ -1,0 +1,81 @@
+"""Extended attribute handlers (SPEC 3 xattrs).
+
+No *xattr call accepts an O_PATH descriptor, so backing.py goes through /proc/self/fd/N.
+trusted.* and security.* are root's: the daemon keeps CAP_SYS_ADMIN even with a borrowed
+fsuid, so without this filter anyone could write them through the view.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+import pyfuse3
+from pyfuse3 import (
+    InodeT,
+    RequestContext,
+    XAttrNameT,
+)
+from typing_extensions import override
+
+from fusemount.core.records import Caller
+from fusemount.host import backing
+from fusemount.view import ctlfiles
+from fusemount.view.errors import fuse_handler
+from fusemount.view.gate import OpsBase
+from fusemount.view.inodes import Node
+
+_PRIVATE_XATTR_NS = (b"trusted.", b"security.")
+
+
+class XattrOps(OpsBase):
+    """get/list/set/removexattr on subtree nodes; control files have none."""
+
+    def _xattr_node(self, inode: int, ctx: RequestContext, write: bool) -> tuple[Node, Caller]:
+        if ctlfiles.is_control(inode):
+            raise OSError(errno.EPERM if write else pyfuse3.ENOATTR, "no xattrs here")
+        node = self._node(inode)
+        return node, self._enter(ctx, node, write=write, groups=write)
+
+    @override
+    @fuse_handler
+    async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        node, caller = self._xattr_node(inode, ctx, False)
+        if caller.uid != 0 and name.startswith(b"trusted."):
+            raise OSError(pyfuse3.ENOATTR, "hidden namespace")
+        return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),), name,
+                              Caller(0, 0, caller.pid))
+
+    @override
+    @fuse_handler
+    async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
+        if ctlfiles.is_control(inode):
+            return []
+        node, caller = self._xattr_node(inode, ctx, False)
+        names = await self._io(node.subtree, backing.listxattr, (self.inodes.fd(node),),
+                               Caller(0, 0, caller.pid))
+        if caller.uid != 0:
+            names = [n for n in names if not n.startswith(b"trusted.")]
+        return [XAttrNameT(n) for n in names]
+
+    @override
+    @fuse_handler
+    async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
+                       ctx: RequestContext) -> None:
+        node, caller = self._xattr_node(inode, ctx, True)
+        # The daemon keeps CAP_SYS_ADMIN even with a borrowed fsuid, so these namespaces
+        # would be writable by anyone through the view: only root may touch them.
+        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
+            raise OSError(errno.EPERM, "namespace reserved to root")
+        await self._io(node.subtree, backing.setxattr, (self.inodes.fd(node),), name, value, 0,
+                       caller)
+
+    @override
+    @fuse_handler
+    async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        node, caller = self._xattr_node(inode, ctx, True)
+        if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
+            raise OSError(errno.EPERM, "namespace reserved to root")
+        await self._io(node.subtree, backing.removexattr, (self.inodes.fd(node),), name, caller)
+
+
