@@ -286,7 +286,7 @@ def _serve(opts: ServeOptions) -> int:
         ctx.mounted = True
         stack.enter_context(_pidfile(pidfile))
         log.info("serving %s with %d subtrees", view, len(ctx.table))
-        trio.run(_run, ctx, controller, opts)
+        trio.run(_run, ctx, controller, ops, opts)
     log.info("stopped cleanly")
     return 0
 
@@ -306,10 +306,11 @@ def _close_sources(ctx: ViewContext) -> None:
     ctx.live.clear()
 
 
-async def _run(ctx: ViewContext, controller: Controller, opts: ServeOptions) -> None:
+async def _run(ctx: ViewContext, controller: Controller, ops: Ops,
+               opts: ServeOptions) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
-        nursery.start_soon(_expiry, ctx, controller)
+        nursery.start_soon(_housekeeping, ctx, controller, ops)
         if opts.demo and ctx.table.get("demo") is None:
             src = os.path.abspath(opts.demo)
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),
@@ -331,10 +332,12 @@ async def _signals() -> None:
             return
 
 
-async def _expiry(ctx: ViewContext, controller: Controller) -> None:
-    """autofs-style idle expiry: detach subtrees idle for their expire= seconds."""
+async def _housekeeping(ctx: ViewContext, controller: Controller, ops: Ops) -> None:
+    """Once a second: autofs-style idle expiry (detach subtrees idle for their expire=
+    seconds) and keeping the inode table within limits.max_inodes."""
     while True:
         await trio.sleep(1.0)
+        ops.housekeeping()
         now = ctx.now()
         for live in list(ctx.live.values()):
             expire = live.spec.expire_s
