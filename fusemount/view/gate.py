@@ -35,7 +35,6 @@ R = TypeVar("R")
 
 NOBODY = 65534  # what uid 0 becomes on a squashed subtree
 _TRIM_BATCH = 4096
-_TRIM_EVERY = 256
 
 
 # What a backing call's result creates, for Offloader (the descriptors to close if abandoned).
@@ -75,7 +74,6 @@ class OpsBase(pyfuse3.Operations):
         self.attr_timeout = ctx.config.cache.attr_timeout
         self.offloader = Offloader(ctx.config.limits.request_timeout_s)
         self.control.io = self._io
-        self._trim_tick = 0
 
     async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
                   *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
@@ -118,23 +116,20 @@ class OpsBase(pyfuse3.Operations):
     def _node(self, ino: int) -> Node:
         return self.inodes.node(ino)
 
-    def _trim(self, *, now: bool = False) -> None:
+    def _trim(self) -> None:
         """Over max_inodes: ask the kernel to drop its coldest entries, so it forgets them.
 
-        Called after each new object, acting once per _TRIM_EVERY of them (finding cold nodes
-        scans from the oldest), and once a second by the daemon's housekeeping (now=True).
+        Called after new objects and once a second by the daemon's housekeeping. Each call
+        looks at only a few nodes more than it invalidates (InodeTable.cold_entries).
         """
         if len(self.inodes) <= self.inodes.max_inodes or not self.ctx.mounted:
-            return
-        self._trim_tick += 1
-        if not now and self._trim_tick % _TRIM_EVERY != 1:
             return
         for parent, name in self.inodes.cold_entries(_TRIM_BATCH):
             pyfuse3.invalidate_entry_async(InodeT(parent), FileNameT(name), ignore_enoent=True)
 
     def housekeeping(self) -> None:
         """Once a second: keep the inode table within its cap even when no lookup comes."""
-        self._trim(now=True)
+        self._trim()
 
     def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
                            ) -> tuple[Node, Caller]:

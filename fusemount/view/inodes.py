@@ -11,6 +11,12 @@ open_by_handle_at on the subtree's own detached mount, so it can only ever reach
 object it was minted from. Objects on filesystems without file handles, or on a mount
 nested inside the source, keep their descriptor until the kernel forgets them.
 
+Memory is bounded the same way from the other side: past `max_inodes` known objects,
+cold_entries() names the least recently found ones by where the kernel found them
+(parent inode, name), and the caller asks the kernel to drop those entries; the kernel
+then forgets the inodes. Entries in use (a cwd, an open file) stay, so the table can
+exceed the cap by what is in use.
+
 Invariants: `lookups` changes only in adopt() and forget(); a node leaves the tables
 exactly when its lookup count reaches zero (subtree roots: when also detached).
 Every method is plain `def`: with trio, "find the node, bump its count" is one step.
@@ -148,14 +154,22 @@ class InodeTable:
         excess = len(self._by_ino) - self.max_inodes
         if excess <= 0:
             return []
+        want = min(batch, excess)
         out: list[tuple[int, bytes]] = []
+        seen: list[Node] = []
         for node in self._by_ino.values():
-            if len(out) >= min(batch, excess):
+            if len(out) >= want or len(seen) >= 4 * want + 64:
                 break
+            seen.append(node)
             if node.trimming or node.pins or node.is_root or not node.parent:
                 continue
             node.trimming = True
             out.append((node.parent, node.name))
+        # Everything looked at goes to the back, so the next call starts on fresh cold nodes
+        # instead of rescanning ones still waiting for their forget (or in use).
+        for node in seen:
+            del self._by_ino[node.ino]
+            self._by_ino[node.ino] = node
         return out
 
     def count_lookup(self, node: Node) -> None:
