@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages run test lint bench clean distclean
+.PHONY: setup system-packages run test lint bench install clean distclean
 
 setup: system-packages $(STAMP)
 
@@ -62,6 +62,10 @@ lint: setup
 
 bench: setup
 	$(VPY) scripts/bench.py
+
+# mount(8), fstab and systemd find helpers on the standard PATH only.
+install: setup
+	ln -sf $(CURDIR)/$(VENV)/bin/fusemount /usr/local/bin/fusemount
 
 # Benchmark results are records, not build output: clean keeps bench-results/.
 # Never rm -r mnt: while the demo runs it is the view, and deleting through it deletes sources.
