@@ -48,6 +48,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+from fusemount.client import Client
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench-results"
 SUBTREE = "bench"
@@ -680,28 +682,6 @@ def _is_readable(path: Path) -> bool:
         return False
 
 
-def ctl(view: Path, command: str) -> dict[str, object]:
-    """Send one control command; return its JSON reply or raise with the daemon's reason."""
-    fd = os.open(view / ".fusemount" / "ctl", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        try:
-            os.write(fd, command.encode())
-        except OSError as exc:
-            try:
-                detail = os.read(fd, 65536).decode(errors="replace").strip()
-            except OSError:
-                detail = ""
-            raise RuntimeError(f"{command!r} refused: {exc} {detail}") from exc
-        raw = os.read(fd, 65536)
-    finally:
-        os.close(fd)
-    try:
-        reply = json.loads(raw)
-    except ValueError as exc:
-        raise RuntimeError(f"{command!r}: reply is not JSON: {raw!r}") from exc
-    if not isinstance(reply, dict) or reply.get("ok") is not True:
-        raise RuntimeError(f"{command!r}: unexpected reply {raw!r}")
-    return reply
 
 
 def _check_same_backing(view_dir: Path, backing: Path) -> None:
@@ -747,7 +727,7 @@ def fusemount_target(
             "fusemount",
             log_path,
         )
-        ctl(view, shlex.join(["attach", SUBTREE, str(src)]))
+        Client(view).command(shlex.join(["attach", SUBTREE, str(src)]))
         _check_same_backing(view / SUBTREE, src)
         yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None)
     finally:

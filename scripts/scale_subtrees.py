@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fusemount.client import Client
+
 
 def _status(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as f:
@@ -31,12 +33,6 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _ctl(view: Path, command: str) -> None:
-    fd = os.open(view / ".fusemount" / "ctl", os.O_RDWR)
-    try:
-        os.write(fd, command.encode())
-    finally:
-        os.close(fd)
 
 
 def _timed(fn: object, repeat: int) -> float:
@@ -75,7 +71,7 @@ def main() -> int:
         for i in range(args.subtrees):
             src = base / "src" / f"s{i}"
             src.mkdir(parents=True)
-            _ctl(view, f"attach s{i} {src}")
+            Client(view).command(f"attach s{i} {src}")
         attach_s = time.perf_counter() - start
         rss1, fds1 = _status(proc.pid, "VmRSS"), _fds(proc.pid)
         names = [f"s{i}" for i in range(0, args.subtrees, max(1, args.subtrees // 100))]

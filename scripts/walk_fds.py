@@ -37,6 +37,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fusemount.client import Client
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBTREE = "walk"
 SAMPLE_INTERVAL_S = 0.5
@@ -232,24 +234,6 @@ def _is_readable(path: Path) -> bool:
         return False
 
 
-def ctl(view: Path, command: str) -> dict[str, object]:
-    """Send one control command; its JSON reply, or RuntimeError with the daemon's reason."""
-    fd = os.open(view / ".fusemount" / "ctl", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        try:
-            os.write(fd, command.encode())
-        except OSError as exc:
-            detail = ""
-            with contextlib.suppress(OSError):
-                detail = os.read(fd, 65536).decode(errors="replace").strip()
-            raise RuntimeError(f"{command!r} refused: {exc} {detail}") from exc
-        raw = os.read(fd, 65536)
-    finally:
-        os.close(fd)
-    reply = json.loads(raw)
-    if not isinstance(reply, dict) or reply.get("ok") is not True:
-        raise RuntimeError(f"{command!r}: unexpected reply {raw!r}")
-    return reply
 
 
 _REQUESTS_RE = re.compile(r'fusemount_requests_total\{op="([a-z_]+)"\} (\d+)')
@@ -579,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with running_daemon(scratch, config_text, args.start_timeout_s) as (process, view):
             nofile = nofile_limit(process.pid)
-            reply = ctl(view, shlex.join(["attach", SUBTREE, str(tree.path)]))
+            reply = Client(view).command(shlex.join(["attach", SUBTREE, str(tree.path)]))
             print(f"attached: {json.dumps(reply)}", file=sys.stderr)
             phases = walk(process, view, scratch, tree, args.phase_timeout_s)
             daemon["exit_code_after_walk"] = process.poll()  # None: still running
