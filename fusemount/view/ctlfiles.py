@@ -91,9 +91,11 @@ class ControlFiles:
     def _attrs(self, ino: int) -> EntryAttributes:
         t = self.ctx.start_ns
         if ino == ROOT_INO:
-            # Not cached, although they never change: a `stat VIEW` after the daemon died
-            # must say "Transport endpoint is not connected", not answer from the cache.
-            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, 0.0)
+            # Constant, so cached like any attribute: with timeout 0 every path walk into a
+            # subtree cost a GETATTR of the root for the permission check. The price: for
+            # cache.attr_timeout after the daemon died, `stat VIEW` still answers from the
+            # cache; anything that reaches the daemon says "not connected" at once.
+            return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, self.ctx.config.cache.attr_timeout)
         if ino == CTL_DIR_INO:
             return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
         if ino in _MODES:
