@@ -30,9 +30,11 @@ from fusemount.core.policy import Rules
 from fusemount.core.records import Caller, Config, ControlError, Kind, State, SubtreeSpec
 from fusemount.core.subtrees import SubtreeTable, same_source
 from fusemount.host import sources
+from fusemount.host.cpulatency import CpuLatencyRequest
 from fusemount.metrics import Metrics
 from fusemount.state import StateError, StateStore
 from fusemount.view import errors as view_errors
+from fusemount.view.busypoll import BusyPoll
 from fusemount.view.context import ViewContext
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
@@ -261,7 +263,11 @@ def _serve(opts: ServeOptions) -> int:
     metrics = Metrics()
     view_errors.sink.observer = metrics
     view_errors.sink.debug = opts.debug
+    latency = CpuLatencyRequest()
     _gauges(metrics, ctx)
+    metrics.set_gauge_source("fusemount_busy_poll",
+                             "1 while idle CPUs are asked to poll ([performance] busy_poll)",
+                             lambda: [({}, float(latency.held))])
     controller = Controller(ctx, store, audit, lambda verb, result: metrics.inc(
         "fusemount_control_commands_total", {"verb": verb, "result": result}))
     metrics.describe("fusemount_control_commands_total", "Control commands by verb and result")
@@ -286,7 +292,7 @@ def _serve(opts: ServeOptions) -> int:
         ctx.mounted = True
         stack.enter_context(_pidfile(pidfile))
         log.info("serving %s with %d subtrees", view, len(ctx.table))
-        trio.run(_run, ctx, controller, ops, opts)
+        trio.run(_run, ctx, controller, ops, opts, latency)
     log.info("stopped cleanly")
     return 0
 
@@ -307,10 +313,12 @@ def _close_sources(ctx: ViewContext) -> None:
 
 
 async def _run(ctx: ViewContext, controller: Controller, ops: Ops,
-               opts: ServeOptions) -> None:
+               opts: ServeOptions, latency: CpuLatencyRequest) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
         nursery.start_soon(_housekeeping, ctx, controller, ops)
+        if ctx.config.performance.busy_poll:
+            nursery.start_soon(BusyPoll(latency, lambda: view_errors.sink.requests).run)
         if opts.demo and ctx.table.get("demo") is None:
             src = os.path.abspath(opts.demo)
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),

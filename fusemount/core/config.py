@@ -17,7 +17,14 @@ from collections.abc import Callable
 from dataclasses import fields
 
 from fusemount.core.protocol import FSTYPE_RE, is_principal
-from fusemount.core.records import AccessConfig, CacheConfig, Config, Limits, LogConfig
+from fusemount.core.records import (
+    AccessConfig,
+    CacheConfig,
+    Config,
+    Limits,
+    LogConfig,
+    PerformanceConfig,
+)
 
 # Inclusive bounds of every integer limit (SPEC 6). The lower bounds keep the daemon
 # usable (a command must fit a usage line; the fd cache must hold a working set); the
@@ -62,8 +69,8 @@ def parse_config(text: str) -> Config:
     for name, record_type in _SECTIONS.items():
         sections[name].refuse_unknown({f.name for f in fields(record_type)})
 
-    access, limits, cache, log = (sections[name] for name in _SECTIONS)
-    a, lim, c, lg = AccessConfig(), Limits(), CacheConfig(), LogConfig()
+    access, limits, cache, performance, log = (sections[name] for name in _SECTIONS)
+    a, lim, c, pf, lg = AccessConfig(), Limits(), CacheConfig(), PerformanceConfig(), LogConfig()
     return Config(
         access=AccessConfig(
             admins=access.words("admins", a.admins, _is_admin, "a user name, uid or @group"),
@@ -98,6 +105,9 @@ def parse_config(text: str) -> Config:
             entry_timeout=cache.seconds("entry_timeout", c.entry_timeout, zero_ok=True),
             attr_timeout=cache.seconds("attr_timeout", c.attr_timeout, zero_ok=True),
         ),
+        performance=PerformanceConfig(
+            busy_poll=performance.boolean("busy_poll", pf.busy_poll),
+        ),
         log=LogConfig(
             audit=log.string("audit", lg.audit, _is_audit_target, 'an absolute path or ""'),
         ),
@@ -108,6 +118,7 @@ _SECTIONS: dict[str, type] = {
     "access": AccessConfig,
     "limits": Limits,
     "cache": CacheConfig,
+    "performance": PerformanceConfig,
     "log": LogConfig,
 }
 
@@ -216,6 +227,7 @@ _COMMENTS: dict[str, str] = {
     "access.fstypes": "empty: any type",
     "limits.max_cached_fds": "descriptors kept for inodes the kernel knows",
     "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
+    "performance.busy_poll": "idle CPUs poll, not halt, while requests flow (lower latency)",
     "log.audit": 'path of the JSON-lines audit log; "" = stderr',
 }
 

@@ -154,6 +154,11 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PerformanceConfig:
+    busy_poll: bool = True  # idle CPUs poll while the view is busy (view/busypoll.py)
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     audit: str = ""  # "" = stderr
 
@@ -163,4 +168,5 @@ class Config:
     access: AccessConfig = field(default_factory=AccessConfig)
     limits: Limits = field(default_factory=Limits)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     log: LogConfig = field(default_factory=LogConfig)

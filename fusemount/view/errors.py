@@ -30,6 +30,7 @@ class Observer(Protocol):
 class _Sink:
     observer: Observer | None = None
     debug: bool = False
+    requests: int = 0  # answered so far; read by busypoll to see whether the view is busy
 
 
 sink = _Sink()
@@ -71,6 +72,7 @@ def fuse_handler(
             log.exception("%s failed unexpectedly; answering EIO", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
+            sink.requests += 1
             if sink.observer is not None:
                 sink.observer.observe(op, clock() - start, code)
             if sink.debug:

@@ -17,7 +17,14 @@ from fusemount.core.config import (
     load_config,
     parse_config,
 )
-from fusemount.core.records import AccessConfig, CacheConfig, Config, Limits, LogConfig
+from fusemount.core.records import (
+    AccessConfig,
+    CacheConfig,
+    Config,
+    Limits,
+    LogConfig,
+    PerformanceConfig,
+)
 
 FULL = """
 [access]
@@ -41,6 +48,9 @@ request_timeout_s = 5
 [cache]
 entry_timeout = 0
 attr_timeout = 0.25
+
+[performance]
+busy_poll = false
 
 [log]
 audit = "/var/log/fusemount/audit.jsonl"
@@ -68,6 +78,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             request_timeout_s=5.0,
         ),
         cache=CacheConfig(entry_timeout=0.0, attr_timeout=0.25),
+        performance=PerformanceConfig(busy_poll=False),
         log=LogConfig(audit="/var/log/fusemount/audit.jsonl"),
     )
 
@@ -145,6 +156,7 @@ BAD: list[tuple[str, str]] = [
     ("[access]\nself_service = 'yes'\n", "access.self_service: expected a boolean, got 'yes'"),
     ("[access]\nself_service = 1\n", "access.self_service: expected a boolean, got 1"),
     ("[access]\nrequire_mountpoint = 0\n", "access.require_mountpoint: expected a boolean"),
+    ("[performance]\nbusy_poll = 'auto'\n", "performance.busy_poll: expected a boolean"),
     # integers
     ("[limits]\nmax_subtrees = true\n", "limits.max_subtrees: expected an integer, got true"),
     ("[limits]\nmax_subtrees = 64.0\n", "limits.max_subtrees: expected an integer, got 64.0"),

@@ -1,0 +1,67 @@
+"""[performance] busy_poll: the daemon holds /dev/cpu_dma_latency only while it is busy."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fusemount.host.cpulatency import DEVICE
+from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.procfs import fd_targets
+
+pytestmark = pytest.mark.skipif(not os.path.exists(DEVICE), reason=f"no {DEVICE}")
+
+
+def _holds_device(pid: int) -> bool:
+    return DEVICE in fd_targets(pid)
+
+
+def _gauge(view: ViewHandle) -> float:
+    for line in (view.path / ".fusemount" / "metrics").read_text().splitlines():
+        if line.startswith("fusemount_busy_poll "):
+            return float(line.split()[1])
+    raise AssertionError("no fusemount_busy_poll gauge")
+
+
+def _stat_burst(path: Path, seconds: float, pid: int) -> bool:
+    """stat path in a loop for seconds; whether the daemon was seen holding the device."""
+    seen = False
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(200):
+            os.stat(path)
+        seen = seen or _holds_device(pid)
+    return seen
+
+
+@pytest.mark.timeout(60)
+def test_busy_view_holds_latency_request_then_withdraws_it(
+    view_factory: ViewFactory, source: Path
+) -> None:
+    view = view_factory()
+    (source / "f").write_text("x")
+    view.ok(f"attach s {source}")
+    pid = view.daemon.pid
+    assert pid is not None
+    time.sleep(1.5)  # the attach and the fixture's probes are long over
+    assert not _holds_device(pid), "an idle view must not hold the request"
+    assert _stat_burst(view.path / "s" / "f", 2.0, pid)
+    deadline = time.monotonic() + 10
+    while _holds_device(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _holds_device(pid), "still held after the view went quiet"
+    assert _gauge(view) == 0.0
+
+
+@pytest.mark.timeout(60)
+def test_busy_poll_false_never_holds_it(view_factory: ViewFactory, source: Path) -> None:
+    view = view_factory("[performance]\nbusy_poll = false\n")
+    (source / "f").write_text("x")
+    view.ok(f"attach s {source}")
+    pid = view.daemon.pid
+    assert pid is not None
+    assert not _stat_burst(view.path / "s" / "f", 2.0, pid)
+    assert _gauge(view) == 0.0
