@@ -419,6 +419,19 @@ def wl_stat(directory: Path, p: Params) -> float:
     return len(paths) / (time.perf_counter() - start)
 
 
+def wl_stat_at(directory: Path, p: Params) -> float:
+    """stat relative to an open directory: walks that never pass a subtree root."""
+    names = [os.path.basename(path) for path in _ensure_empty(directory, p)]
+    dir_fd = os.open(directory / "empty", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        start = time.perf_counter()
+        for name in names:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return len(names) / (time.perf_counter() - start)
+    finally:
+        os.close(dir_fd)
+
+
 def wl_readdir_stat(directory: Path, p: Params) -> float:
     _ensure_empty(directory, p)
     top = str(directory / "empty")
@@ -566,6 +579,7 @@ WORKLOADS: list[Workload] = [
     Workload("create", "ops/s", wl_create, "create empty files (n_files)"),
     Workload("stat", "ops/s", wl_stat, "os.stat by path of each empty file"),
     Workload("readdir_stat", "entries/s", wl_readdir_stat, "scandir + entry.stat(lstat)"),
+    Workload("stat_at", "ops/s", wl_stat_at, "fstatat of each empty file from an open directory"),
     Workload("write_4k", "files/s", wl_write_small, "create and write 4 KiB files (n_small)"),
     Workload("read_4k_warm", "files/s", wl_read_small_warm, "open+read 4 KiB files, read once"),
     Workload("unlink", "ops/s", wl_unlink, "unlink each empty file"),
