@@ -34,7 +34,7 @@ from fusemount.host.cpulatency import CpuLatencyRequest
 from fusemount.metrics import Metrics
 from fusemount.state import StateError, StateStore
 from fusemount.view import errors as view_errors
-from fusemount.view.busypoll import BusyPoll
+from fusemount.view.busypoll import ENGAGE_COUNT, BusyPoll
 from fusemount.view.context import ViewContext
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
@@ -318,7 +318,10 @@ async def _run(ctx: ViewContext, controller: Controller, ops: Ops,
         nursery.start_soon(_signals)
         nursery.start_soon(_housekeeping, ctx, controller, ops)
         if ctx.config.performance.busy_poll:
-            nursery.start_soon(BusyPoll(latency, lambda: view_errors.sink.requests).run)
+            busy = BusyPoll(latency, lambda: view_errors.sink.requests)
+            view_errors.sink.on_burst = busy.on_burst
+            view_errors.sink.burst_every = ENGAGE_COUNT
+            nursery.start_soon(busy.run)
         if opts.demo and ctx.table.get("demo") is None:
             src = os.path.abspath(opts.demo)
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),

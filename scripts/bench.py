@@ -93,6 +93,9 @@ class Target:
     root: Path  # where workloads run
     backing: Path  # the same directory seen natively; used to clean up after a dead target
     is_alive: Callable[[], bool]
+    # Waits until the target no longer affects the machine (fusemount's busy_poll hold
+    # would otherwise speed up whichever target runs next).
+    settle: Callable[[], None] = lambda: None
 
 
 @dataclass(slots=True)
@@ -743,13 +746,25 @@ def fusemount_target(
         )
         Client(view).command(shlex.join(["attach", SUBTREE, str(src)]))
         _check_same_backing(view / SUBTREE, src)
-        yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None)
+        yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None,
+                     lambda: _wait_busy_poll_released(view))
     finally:
         _stop(process, view, "fusemount")
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         if "Traceback" in log_text or "WARNING" in log_text or "ERROR" in log_text:
             print("fusemount log has warnings or tracebacks; its tail:", file=sys.stderr)
             print(_log_tail(log_path), file=sys.stderr)
+
+
+def _wait_busy_poll_released(view: Path, timeout_s: float = 10.0) -> None:
+    """Until the daemon withdrew its CPU latency request (it holds it while busy)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        metrics = (view / ".fusemount" / "metrics").read_text()
+        if "\nfusemount_busy_poll 1" not in metrics:
+            return
+        time.sleep(0.2)
+    print("fusemount still holds its CPU latency request; next timings may gain", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -813,6 +828,7 @@ def run_rounds(
                         print(f"{label}  {fmt(value)} {row.workload.unit}", file=sys.stderr)
             finally:
                 _clean_round(round_dir, target)
+                target.settle()
     return rows
 
 

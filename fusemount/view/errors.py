@@ -31,6 +31,8 @@ class _Sink:
     observer: Observer | None = None
     debug: bool = False
     requests: int = 0  # answered so far; read by busypoll to see whether the view is busy
+    burst_every: int = 0  # if set, on_burst() runs after every this many requests
+    on_burst: Callable[[], None] | None = None
 
 
 sink = _Sink()
@@ -73,6 +75,8 @@ def fuse_handler(
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
             sink.requests += 1
+            if sink.burst_every and not sink.requests % sink.burst_every and sink.on_burst:
+                sink.on_burst()
             if sink.observer is not None:
                 sink.observer.observe(op, clock() - start, code)
             if sink.debug:

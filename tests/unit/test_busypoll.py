@@ -6,7 +6,13 @@ import struct
 from pathlib import Path
 
 from fusemount.host.cpulatency import CpuLatencyRequest
-from fusemount.view.busypoll import ENGAGE_RATE, RELEASE_AFTER_S, TICK_S, BusyPoll
+from fusemount.view.busypoll import (
+    ENGAGE_COUNT,
+    ENGAGE_RATE,
+    RELEASE_AFTER_S,
+    TICK_S,
+    BusyPoll,
+)
 from tests.support.procfs import fd_targets
 
 
@@ -38,20 +44,37 @@ def test_missing_device_makes_request_unavailable(tmp_path: Path) -> None:
     assert not request.available and not request.held
 
 
-def test_busy_poll_engages_at_rate_and_releases_after_quiet(tmp_path: Path) -> None:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _poll(tmp_path: Path) -> tuple[BusyPoll, CpuLatencyRequest, _Counter, _Clock]:
     device = tmp_path / "dev"
     device.write_bytes(b"")
     request = CpuLatencyRequest(str(device))
-    counter = _Counter()
-    poll = BusyPoll(request, counter)
+    counter, clock = _Counter(), _Clock()
+    return BusyPoll(request, counter, clock), request, counter, clock
 
-    counter.value += int(ENGAGE_RATE * TICK_S) - 1  # just below the rate: stays off
-    poll.tick(TICK_S)
+
+def test_burst_engages_only_at_rate(tmp_path: Path) -> None:
+    poll, request, _, clock = _poll(tmp_path)
+    window = ENGAGE_COUNT / ENGAGE_RATE
+    clock.now += window * 1.5  # ENGAGE_COUNT requests, too slowly
+    poll.on_burst()
     assert not request.held
-    counter.value += int(ENGAGE_RATE * TICK_S)
-    poll.tick(TICK_S)
+    clock.now += window * 0.9  # the next ENGAGE_COUNT, fast enough
+    poll.on_burst()
     assert request.held
 
+
+def test_release_after_quiet_and_busy_ticks_restart_the_wait(tmp_path: Path) -> None:
+    poll, request, counter, clock = _poll(tmp_path)
+    poll.on_burst()  # at once: engaged
+    assert request.held
     quiet_ticks = round(RELEASE_AFTER_S / TICK_S)
     for _ in range(quiet_ticks - 1):
         poll.tick(TICK_S)
@@ -62,4 +85,7 @@ def test_busy_poll_engages_at_rate_and_releases_after_quiet(tmp_path: Path) -> N
         poll.tick(TICK_S)
     assert request.held
     poll.tick(TICK_S)
+    assert not request.held
+    clock.now += 10.0
+    poll.on_burst()  # a slow trickle after a long pause does not engage
     assert not request.held
