@@ -36,17 +36,14 @@ class CpuLatencyRequest:
     def hold(self) -> bool:
         if self._fd is not None or not self.available:
             return self.held
+        fd = -1
         try:
             fd = os.open(self.device, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            # Not root, no PM QoS in this kernel, or no device in a container: run without.
-            self.available = False
-            log.info("busy polling unavailable (%s: %s)", self.device, exc.strerror)
-            return False
-        try:
             os.write(fd, struct.pack("=i", 0))  # microseconds of wake-up latency allowed
         except OSError as exc:
-            os.close(fd)
+            # Not root, no PM QoS in this kernel, or no device in a container: run without.
+            if fd >= 0:
+                os.close(fd)
             self.available = False
             log.info("busy polling unavailable (%s: %s)", self.device, exc.strerror)
             return False
