@@ -32,10 +32,8 @@ import multiprocessing
 import os
 import platform
 import random
-import re
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,9 +46,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
+import viewdaemon
+
 from fusemount.client import Client
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = viewdaemon.REPO_ROOT
 RESULTS_DIR = REPO_ROOT / "bench-results"
 SUBTREE = "bench"
 MIB = 1 << 20
@@ -612,24 +612,6 @@ WORKLOADS: list[Workload] = [
 # --------------------------------------------------------------------------- mounts, targets
 
 
-def _mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            escaped = line.split(" ")[4]
-            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), escaped))
-    return points
-
-
-def _is_mounted(path: Path) -> bool:
-    return str(path) in _mount_points()
-
-
-def _mounts_under(base: Path) -> list[str]:
-    prefix = f"{base}/"
-    return [point for point in _mount_points() if point.startswith(prefix)]
-
-
 def _fstype(path: Path) -> str:
     """Filesystem type of the mount holding `path` (longest mount point prefix)."""
     best, best_type = "", "unknown"
@@ -642,63 +624,6 @@ def _fstype(path: Path) -> str:
             if inside and len(point) >= len(best):
                 best, best_type = point, fstype
     return best_type
-
-
-def _log_tail(log_path: Path, lines: int = 30) -> str:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def _wait_until(
-    is_ready: Callable[[], bool],
-    process: subprocess.Popen[bytes],
-    timeout_s: float,
-    label: str,
-    log_path: Path,
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not is_ready():
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{label} exited with {process.returncode} before it was ready:\n"
-                + _log_tail(log_path)
-            )
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{label} not ready after {timeout_s:.0f} s:\n" + _log_tail(log_path)
-            )
-        time.sleep(0.05)
-
-
-def _stop(process: subprocess.Popen[bytes], mountpoint: Path, label: str) -> None:
-    """SIGTERM, bounded wait, SIGKILL, then a lazy unmount if the mount outlived it."""
-    try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                print(f"{label}: no exit 15 s after SIGTERM; killing", file=sys.stderr)
-                process.kill()
-                process.wait(timeout=15)
-        if process.returncode not in (0, None):
-            print(f"{label}: exited with {process.returncode}", file=sys.stderr)
-    finally:
-        if _is_mounted(mountpoint):
-            subprocess.run(["umount", "-l", str(mountpoint)], check=False)
-
-
-def _is_readable(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return bool(f.read())
-    except OSError:
-        return False
-
-
 
 
 def _check_same_backing(view_dir: Path, backing: Path) -> None:
@@ -725,35 +650,18 @@ def fusemount_target(
     view, src, log_path = base / "view", base / "src", base / "fusemount.log"
     view.mkdir()
     src.mkdir(exist_ok=True)
-    argv = [python, "-m", "fusemount", "serve", str(view), "--state", str(base / "state.json")]
-    if config is not None:
-        argv += ["--config", str(config)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if part
-    )
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO_ROOT, env=env
-        )
     try:
-        _wait_until(
-            lambda: _is_readable(view / ".fusemount" / "version"),
-            process,
-            timeout_s,
-            "fusemount",
-            log_path,
-        )
-        Client(view).command(shlex.join(["attach", SUBTREE, str(src)]))
-        _check_same_backing(view / SUBTREE, src)
-        yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None,
-                     lambda: _wait_busy_poll_released(view))
+        with viewdaemon.running_view(view, base / "state.json", log_path, config=config,
+                                     python=python, timeout_s=timeout_s) as process:
+            Client(view).command(shlex.join(["attach", SUBTREE, str(src)]))
+            _check_same_backing(view / SUBTREE, src)
+            yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None,
+                         lambda: _wait_busy_poll_released(view))
     finally:
-        _stop(process, view, "fusemount")
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
         if "Traceback" in log_text or "WARNING" in log_text or "ERROR" in log_text:
             print("fusemount log has warnings or tracebacks; its tail:", file=sys.stderr)
-            print(_log_tail(log_path), file=sys.stderr)
+            print(viewdaemon.log_tail(log_path), file=sys.stderr)
 
 
 def _wait_busy_poll_released(view: Path, timeout_s: float = 10.0) -> None:
@@ -777,11 +685,12 @@ def bindfs_target(base: Path, timeout_s: float) -> Iterator[Target]:
     with open(log_path, "wb") as log:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
-        _wait_until(lambda: _is_mounted(mountpoint), process, timeout_s, "bindfs", log_path)
+        viewdaemon.wait_until(lambda: viewdaemon.is_mounted(mountpoint), process, timeout_s,
+                              "bindfs", log_path)
         _check_same_backing(mountpoint, src)
         yield Target("bindfs", mountpoint, src, lambda: process.poll() is None)
     finally:
-        _stop(process, mountpoint, "bindfs")
+        viewdaemon.stop(process, mountpoint, "bindfs")
 
 
 def install_bindfs() -> bool:
@@ -1094,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark aborted: {exc}", file=sys.stderr)
         return 2
     finally:
-        left = _mounts_under(base)
+        left = viewdaemon.mounts_under(base)
         if left:
             print(f"still mounted, scratch kept: {', '.join(left)}", file=sys.stderr)
         elif args.keep:

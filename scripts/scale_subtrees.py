@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import viewdaemon
 
 from fusemount.client import Client
 
@@ -53,54 +53,36 @@ def main() -> int:
     view.mkdir()
     config = base / "config.toml"
     config.write_text(f"[limits]\nmax_subtrees = {args.subtrees}\n")
-    with open(base / "daemon.log", "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fusemount", "serve", str(view), "--config", str(config),
-             "--state", str(base / "state.json")],
-            stderr=log,
-        )
     try:
-        deadline = time.monotonic() + 20
-        while not (view / ".fusemount" / "version").exists():
-            if time.monotonic() > deadline or proc.poll() is not None:
-                print("daemon did not start", file=sys.stderr)
-                return 2
-            time.sleep(0.05)
-        rss0, fds0 = _status(proc.pid, "VmRSS"), _fds(proc.pid)
-        start = time.perf_counter()
-        for i in range(args.subtrees):
-            src = base / "src" / f"s{i}"
-            src.mkdir(parents=True)
-            Client(view).command(f"attach s{i} {src}")
-        attach_s = time.perf_counter() - start
-        rss1, fds1 = _status(proc.pid, "VmRSS"), _fds(proc.pid)
-        names = [f"s{i}" for i in range(0, args.subtrees, max(1, args.subtrees // 100))]
-        rows = [
-            ("attach (each, incl. durable state write)", attach_s / args.subtrees),
-            ("root listing (os.listdir VIEW)", _timed(lambda: os.listdir(view), 20)),
-            ("lookup of a subtree name (os.stat VIEW/NAME)",
-             _timed(lambda: [os.stat(view / n) for n in names], 5) / len(names)),
-            ("read mounts", _timed(lambda: (view / ".fusemount" / "mounts").read_bytes(), 20)),
-            ("read mounts.json",
-             _timed(lambda: (view / ".fusemount" / "mounts.json").read_bytes(), 20)),
-        ]
-        print(f"| {args.subtrees} subtrees | ms |\n|---|---:|")
-        for label, seconds in rows:
-            print(f"| {label} | {seconds * 1000:.3f} |")
-        per = args.subtrees
-        print(f"\nRSS {rss0} KiB -> {rss1} KiB: {(rss1 - rss0) / per:.1f} KiB per subtree")
-        print(f"descriptors {fds0} -> {fds1}: {(fds1 - fds0) / per:.2f} per subtree")
-        return 0
+        with viewdaemon.running_view(view, base / "state.json", base / "daemon.log",
+                                     config=config) as proc:
+            rss0, fds0 = _status(proc.pid, "VmRSS"), _fds(proc.pid)
+            start = time.perf_counter()
+            for i in range(args.subtrees):
+                src = base / "src" / f"s{i}"
+                src.mkdir(parents=True)
+                Client(view).command(f"attach s{i} {src}")
+            attach_s = time.perf_counter() - start
+            rss1, fds1 = _status(proc.pid, "VmRSS"), _fds(proc.pid)
+            names = [f"s{i}" for i in range(0, args.subtrees, max(1, args.subtrees // 100))]
+            rows = [
+                ("attach (each, incl. durable state write)", attach_s / args.subtrees),
+                ("root listing (os.listdir VIEW)", _timed(lambda: os.listdir(view), 20)),
+                ("lookup of a subtree name (os.stat VIEW/NAME)",
+                 _timed(lambda: [os.stat(view / n) for n in names], 5) / len(names)),
+                ("read mounts", _timed(lambda: (view / ".fusemount" / "mounts").read_bytes(), 20)),
+                ("read mounts.json",
+                 _timed(lambda: (view / ".fusemount" / "mounts.json").read_bytes(), 20)),
+            ]
+            print(f"| {args.subtrees} subtrees | ms |\n|---|---:|")
+            for label, seconds in rows:
+                print(f"| {label} | {seconds * 1000:.3f} |")
+            per = args.subtrees
+            print(f"\nRSS {rss0} KiB -> {rss1} KiB: {(rss1 - rss0) / per:.1f} KiB per subtree")
+            print(f"descriptors {fds0} -> {fds1}: {(fds1 - fds0) / per:.2f} per subtree")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if os.path.ismount(view):
-            subprocess.run(["umount", "-l", str(view)], check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)  # the view is unmounted by then
+    return 0
 
 
 if __name__ == "__main__":

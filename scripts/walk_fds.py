@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -37,9 +36,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import viewdaemon
+
 from fusemount.client import Client
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SUBTREE = "walk"
 SAMPLE_INTERVAL_S = 0.5
 MIB_KIB = 1024
@@ -205,37 +205,6 @@ class Sampler:
 # --------------------------------------------------------------------------- the daemon
 
 
-def _mount_points() -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            escaped = line.split(" ")[4]
-            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), escaped))
-    return points
-
-
-def _mounts_under(base: Path) -> list[str]:
-    return [p for p in _mount_points() if p == str(base) or p.startswith(f"{base}/")]
-
-
-def _log_tail(log_path: Path, lines: int = 30) -> str:
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
-
-
-def _is_readable(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return bool(f.read())
-    except OSError:
-        return False
-
-
-
-
 _REQUESTS_RE = re.compile(r'fusemount_requests_total\{op="([a-z_]+)"\} (\d+)')
 
 
@@ -253,51 +222,16 @@ def read_metrics(view: Path) -> tuple[dict[str, float], dict[str, int]]:
     return gauges, requests
 
 
-def stop_daemon(process: subprocess.Popen[bytes], view: Path) -> None:
-    """SIGTERM, bounded wait, SIGKILL, then a lazy unmount if the mount outlived it."""
-    try:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                print("daemon: no exit 30 s after SIGTERM; killing", file=sys.stderr)
-                process.kill()
-                process.wait(timeout=30)
-    finally:
-        if str(view) in _mount_points():
-            subprocess.run(["umount", "-l", str(view)], check=False)
-
-
 @contextlib.contextmanager
 def running_daemon(
     scratch: Path, config_text: str, timeout_s: float
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    view, log_path, config = scratch / "view", scratch / "daemon.log", scratch / "config.toml"
+    view, config = scratch / "view", scratch / "config.toml"
     view.mkdir()
     config.write_text(config_text)
-    argv = [sys.executable, "-m", "fusemount", "serve", str(view),
-            "--state", str(scratch / "state.json"), "--config", str(config)]  # fmt: skip
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO_ROOT, env=env
-        )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _is_readable(view / ".fusemount" / "version"):
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"daemon exited with {process.returncode} before it was ready:\n"
-                    + _log_tail(log_path)
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daemon not ready after {timeout_s:.0f} s")
-            time.sleep(0.05)
+    with viewdaemon.running_view(view, scratch / "state.json", scratch / "daemon.log",
+                                 config=config, timeout_s=timeout_s) as process:
         yield process, view
-    finally:
-        stop_daemon(process, view)
 
 
 # --------------------------------------------------------------------------- phases
@@ -575,15 +509,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         alarms = log_alarms(log_path)
         daemon["log_alarms"] = alarms[:50]
         daemon["log_alarm_lines"] = len(alarms)
-        daemon["log_tail"] = _log_tail(log_path)
-        left = _mounts_under(scratch)
+        daemon["log_tail"] = viewdaemon.log_tail(log_path)
+        left = viewdaemon.mounts_under(scratch)
         if left:
             print(f"still mounted, scratch kept: {', '.join(left)}", file=sys.stderr)
         elif failure or alarms or args.keep:
             print(f"scratch kept (daemon log, stderr of each phase): {scratch}", file=sys.stderr)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
-        if not args.keep and not _mounts_under(tree.top):
+        if not args.keep and not viewdaemon.mounts_under(tree.top):
             shutil.rmtree(tree.top, ignore_errors=True)
     daemon["failure"] = failure
 
