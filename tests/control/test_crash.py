@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -136,33 +137,9 @@ def test_kill_9_during_command_burst_loses_no_acknowledged_change(
     sources = {f"n{i}": str(new_source()) for i in range(NAMES)}
     for round_no in range(ROUNDS):
         before = names_listed(view.path)
-        log_path = scratch / f"burst-{round_no}.log"
-        burst = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _BURST,
-                str(view.path),
-                str(log_path),
-                str(rng.randrange(1 << 30)),
-                json.dumps(sources),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while "ok " not in _read(log_path) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.15))
-            view.daemon.kill()
-            _, err = burst.communicate(timeout=20)
-        finally:
-            if burst.poll() is None:
-                burst.kill()
-                burst.wait()
-        assert burst.returncode == 0, f"round {round_no}: burst failed: {err.decode()}"
-        log_text = _read(log_path)
+        log_text = _burst_interrupted_by(
+            view, scratch / f"burst-{round_no}.log", sources, rng, 0.15, view.daemon.kill,
+            f"round {round_no}")
         present, in_flight = _expected(log_text, before)
         assert "ok " in log_text, f"round {round_no}: no command acknowledged before the kill"
         on_disk = set(state_table(view.state))  # must parse after any crash
@@ -173,6 +150,38 @@ def test_kill_9_during_command_burst_loses_no_acknowledged_change(
         assert all(r["state"] == "attached" for r in records), records
         _assert_table(names_listed(view.path), present, in_flight, f"round {round_no}: view")
     assert unexpected_log_lines(view.daemon, _EXPECTED_WARNINGS) == []
+
+
+def _burst_interrupted_by(view: ViewHandle, log_path: Path, sources: dict[str, str],
+                          rng: random.Random, max_delay_s: float, interrupt: Callable[[], None],
+                          what: str) -> str:
+    """Run a command burst against the view, interrupt the daemon soon after the first
+    acknowledged command, and return the burst's log of what was acknowledged."""
+    burst = subprocess.Popen(
+        [sys.executable, "-c", _BURST, str(view.path), str(log_path),
+         str(rng.randrange(1 << 30)), json.dumps(sources)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "ok " not in _read(log_path) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, max_delay_s))
+        interrupt()
+        _, err = burst.communicate(timeout=20)
+    finally:
+        if burst.poll() is None:
+            burst.kill()
+            burst.wait()
+    assert burst.returncode == 0, f"{what}: burst failed: {err.decode()}"
+    return _read(log_path)
+
+
+def _stop_exits_0(view: ViewHandle) -> Callable[[], None]:
+    def stop() -> None:
+        assert view.daemon.stop() == 0, "SIGTERM during a burst: exit code not 0"
+    return stop
 
 
 def _read(path: Path) -> str:
@@ -190,34 +199,11 @@ def test_sigterm_during_command_burst_exits_0_and_keeps_acknowledged_changes(
     sources = {f"n{i}": str(new_source()) for i in range(NAMES)}
     for round_no in range(3):
         before = names_listed(view.path)
-        log_path = scratch / f"term-{round_no}.log"
-        burst = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _BURST,
-                str(view.path),
-                str(log_path),
-                str(rng.randrange(1 << 30)),
-                json.dumps(sources),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while "ok " not in _read(log_path) and time.monotonic() < deadline:
-                time.sleep(0.005)
-            time.sleep(rng.uniform(0.0, 0.1))
-            assert view.daemon.stop() == 0, "SIGTERM during a burst: exit code not 0"
-            _, err = burst.communicate(timeout=20)
-        finally:
-            if burst.poll() is None:
-                burst.kill()
-                burst.wait()
-        assert burst.returncode == 0, f"round {round_no}: burst failed: {err.decode()}"
+        log_text = _burst_interrupted_by(
+            view, scratch / f"term-{round_no}.log", sources, rng, 0.1, _stop_exits_0(view),
+            f"round {round_no}")
         assert not is_mounted(view.path)
-        present, in_flight = _expected(_read(log_path), before)
+        present, in_flight = _expected(log_text, before)
         on_disk = set(state_table(view.state))
         _assert_table(on_disk, present, in_flight, f"round {round_no}: state file")
         _start_again(view)

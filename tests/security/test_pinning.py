@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -141,19 +142,26 @@ def test_source_tmpfs_lazily_unmounted_after_attach_keeps_serving_original(
             os.close(pinned)
 
 
-@pytest.mark.timeout(60)
-def test_source_renamed_and_replaced_by_symlink_after_attach_is_not_followed(
-    view: ViewHandle, trees: Trees
-) -> None:
+def _swap_source_after_attach(view: ViewHandle, trees: Trees,
+                              put_decoy: Callable[[], None]) -> None:
+    """Attach the source, move it away, put_decoy() at its path: the view keeps serving the
+    original tree, and a write through the view lands in the moved original."""
     before = snapshot(trees.source)
     view.ok(f"attach data {trees.source}")
     moved = trees.source.with_name(trees.source.name + ".moved")
     os.rename(trees.source, moved)
-    os.symlink(trees.decoy, trees.source)
+    put_decoy()
     assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
     _prove_view_shows_original(view.path / "data", before)
     _write_through(view.path / "data")
     assert snapshot(moved) == _expected_after_write(before)
+
+
+@pytest.mark.timeout(60)
+def test_source_renamed_and_replaced_by_symlink_after_attach_is_not_followed(
+    view: ViewHandle, trees: Trees
+) -> None:
+    _swap_source_after_attach(view, trees, lambda: os.symlink(trees.decoy, trees.source))
     trees.decoy_unchanged()
     # A fresh attach of the symlinked path, and of a path through it, meets the symlink.
     table = view.mounts_json()
@@ -167,15 +175,7 @@ def test_source_renamed_and_replaced_by_symlink_after_attach_is_not_followed(
 def test_source_replaced_by_another_directory_after_attach_is_not_followed(
     view: ViewHandle, trees: Trees
 ) -> None:
-    before = snapshot(trees.source)
-    view.ok(f"attach data {trees.source}")
-    moved = trees.source.with_name(trees.source.name + ".moved")
-    os.rename(trees.source, moved)
-    os.rename(trees.decoy, trees.source)
-    assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
-    _prove_view_shows_original(view.path / "data", before)
-    _write_through(view.path / "data")
-    assert snapshot(moved) == _expected_after_write(before)
+    _swap_source_after_attach(view, trees, lambda: os.rename(trees.decoy, trees.source))
     assert SECRET_NAME in os.listdir(trees.source)
     assert "new.txt" not in os.listdir(trees.source)
 
