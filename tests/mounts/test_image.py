@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,20 +138,27 @@ def test_mount_ext4_ro_never_writes_the_image(source: Path, view: ViewHandle) ->
         release_loops(image)
 
 
+def _restart_with_image_changed(view: ViewHandle, image: Path,
+                                change: Callable[[], object]) -> None:
+    """Mount image as e1, write to it, stop the daemon, change() the image, start again:
+    e1 must come back failed, with a reason."""
+    view.ok(f"mount e1 ext4 {image}")
+    (view.path / "e1" / "f").write_bytes(b"x")
+    assert view.daemon.stop() == 0
+    assert wait_loop_released(image) == []
+    change()
+    view.daemon.start(view.path, view.daemon.config_text, view.state, view.daemon.extra_args)
+    record = _record(view, "e1")
+    assert record["state"] == "failed", record
+    assert isinstance(record["reason"], str) and record["reason"], record
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.daemon_log_ok  # the daemon warns about the subtree it could not re-attach
 def test_mount_image_gone_between_restarts_comes_back_failed(
     image: Path, view: ViewHandle
 ) -> None:
-    view.ok(f"mount e1 ext4 {image}")
-    (view.path / "e1" / "f").write_bytes(b"x")
-    assert view.daemon.stop() == 0
-    assert wait_loop_released(image) == []
-    image.unlink()
-    view.daemon.start(view.path, view.daemon.config_text, view.state, view.daemon.extra_args)
-    record = _record(view, "e1")
-    assert record["state"] == "failed", record
-    assert isinstance(record["reason"], str) and record["reason"], record
+    _restart_with_image_changed(view, image, image.unlink)
     assert not (view.path / "e1" / "f").exists()
     view.ok("detach e1")
     assert [r for r in view.mounts_json() if r["name"] == "e1"] == []
@@ -161,17 +169,9 @@ def test_mount_image_gone_between_restarts_comes_back_failed(
 def test_mount_image_replaced_between_restarts_comes_back_failed(
     image: Path, view: ViewHandle
 ) -> None:
-    view.ok(f"mount e1 ext4 {image}")
-    (view.path / "e1" / "f").write_bytes(b"x")
-    assert view.daemon.stop() == 0
-    assert wait_loop_released(image) == []
     # Another filesystem at the same path: a new inode, so a different source identity.
-    impostor = make_ext4_image(image.parent / "impostor.img")
-    os.rename(impostor, image)
-    view.daemon.start(view.path, view.daemon.config_text, view.state, view.daemon.extra_args)
-    record = _record(view, "e1")
-    assert record["state"] == "failed", record
-    assert isinstance(record["reason"], str) and record["reason"], record
+    _restart_with_image_changed(
+        view, image, lambda: os.rename(make_ext4_image(image.parent / "impostor.img"), image))
     assert loop_devices_of(image) == [], "a replaced image was bound to a loop device"
     assert not (view.path / "e1" / "f").exists()
     # An admin may mount the new image under the failed name (SPEC 8: until re-attached).
