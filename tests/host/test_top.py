@@ -325,11 +325,24 @@ def test_main_on_a_directory_that_is_not_a_view_exits_1(
 # --- against a live view --------------------------------------------------------------------
 
 
+@pytest.fixture(scope="session")
+def user_pythonpath(test_root: Path) -> str:
+    """A copy of the package users can import: the checkout may sit in a directory only root
+    can enter (`git clone . $(mktemp -d)` makes it 0700)."""
+    target = test_root / "pythonpath"
+    shutil.copytree(REPO / "fusemount", target / "fusemount",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return str(target)
+
+
 @pytest.mark.needs_root
 @pytest.mark.timeout(60)
-def test_top_as_non_admin_prints_one_line_and_exits_1(view: ViewHandle, users: Users) -> None:
+def test_top_as_non_admin_prints_one_line_and_exits_1(
+        view: ViewHandle, users: Users, user_pythonpath: str) -> None:
     result = run_as(users.alice, [SYSTEM_PYTHON, "-c", TOP_CODE, str(view.path)],
-                    env={"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+                    env={"PYTHONPATH": user_pythonpath, "PYTHONDONTWRITEBYTECODE": "1"})
     assert result.returncode == 1, result
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
@@ -339,11 +352,11 @@ def test_top_as_non_admin_prints_one_line_and_exits_1(view: ViewHandle, users: U
 @pytest.mark.needs_root
 @pytest.mark.timeout(60)
 def test_top_without_a_terminal_prints_one_frame_for_an_admin(
-        view_factory: ViewFactory, users: Users, source: Path) -> None:
+        view_factory: ViewFactory, users: Users, source: Path, user_pythonpath: str) -> None:
     view = view_factory(config_text='[access]\nadmins = ["root", "@fmt_admins"]\n')
     view.ok(f"attach data {source}")
     result = run_as(users.dave, [SYSTEM_PYTHON, "-c", TOP_CODE, str(view.path)],
-                    env={"PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"})
+                    env={"PYTHONPATH": user_pythonpath, "PYTHONDONTWRITEBYTECODE": "1"})
     assert result.returncode == 0, result
     lines = result.stdout.splitlines()
     assert lines[0].startswith(f"fusemount top  {view.path}")
