@@ -7,7 +7,12 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PACKAGES := fuse3 libfuse3-dev pkg-config
+# pyfuse3 with fallocate, lseek, copy_file_range and statfs by inode (issue 14, README "The
+# binding"): built from the pinned sdist plus our patch, rebuilt when either input changes.
+PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
+PYFUSE3_INPUTS := binding/pyfuse3-3.5.0.patch binding/build-constraints.txt scripts/build_pyfuse3.sh
+# patch applies the binding's patch; qemu-utils is a test dependency (qemu-img on the view).
+DEB_PACKAGES := fuse3 libfuse3-dev pkg-config patch qemu-utils
 PYTEST_ARGS ?=
 
 .PHONY: setup system-packages run test lint bench install clean distclean
@@ -37,7 +42,13 @@ system-packages:
 $(VPY):
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(VPY)
+# Before the project's own install: pyproject pins pyfuse3 to the same version, so pip keeps
+# the patched build instead of fetching upstream's.
+$(PYFUSE3_STAMP): $(PYFUSE3_INPUTS) | $(VPY)
+	scripts/build_pyfuse3.sh $(VPY)
+	touch $@
+
+$(STAMP): pyproject.toml $(PYFUSE3_STAMP) | $(VPY)
 	$(VPY) -m pip install -q -e '.[test]'
 	touch $@
 
