@@ -229,3 +229,45 @@ def removexattr(fd: int, name: bytes, caller: Caller) -> None:
 def access(fd: int, mode: int, caller: Caller) -> bool:
     with as_caller(caller):
         return os.access(proc_path(fd), mode, effective_ids=True)
+
+
+# Ranges of open files (issue 14): the calls behind fallocate, SEEK_DATA/SEEK_HOLE and
+# copy_file_range. They take open descriptors, never O_PATH ones, and may block (allocating
+# or copying gigabytes): callers run them in workers where that matters.
+
+def fallocate(open_fd: int, mode: int, offset: int, length: int, caller: Caller) -> None:
+    """fallocate(2) as the caller, so its blocks are the caller's to spend (SPEC 6).
+
+    EOPNOTSUPP where the source's filesystem lacks `mode`, as natively.
+    """
+    with as_caller(caller):
+        syscalls.fallocate(open_fd, mode, offset, length)
+
+
+def seek_data(open_fd: int, offset: int, whence: int) -> int:
+    """The next data (SEEK_DATA) or hole (SEEK_HOLE) at or after offset; ENXIO past the end.
+
+    Moves the descriptor's own file position, which nothing else uses (I/O is pread/pwrite).
+    """
+    if whence not in (os.SEEK_DATA, os.SEEK_HOLE):
+        raise OSError(errno.EINVAL, "only SEEK_DATA and SEEK_HOLE reach the daemon")
+    return os.lseek(open_fd, offset, whence)
+
+
+# The most one read, write or copy_file_range moves on Linux (MAX_RW_COUNT): a longer
+# request is answered with a short count, as natively.
+MAX_RW_COUNT = 0x7FFFF000
+
+
+def copy_range(in_fd: int, out_fd: int, in_offset: int, out_offset: int, length: int,
+               flags: int, caller: Caller) -> int:
+    """copy_file_range(2) between two open files of sources, as the caller; bytes copied.
+
+    The source filesystem does the copy (a reflink or a server-side copy where it can).
+    Between two filesystems it gives what it gives natively: a copy, or EXDEV.
+    """
+    if flags:
+        raise OSError(errno.EINVAL, "copy_file_range flags must be 0")
+    with as_caller(caller):
+        return os.copy_file_range(in_fd, out_fd, min(length, MAX_RW_COUNT), in_offset,
+                                  out_offset)

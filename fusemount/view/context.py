@@ -58,8 +58,9 @@ class ViewContext:
                 if self.access(caller, s.spec) is not Access.NONE]
 
     def statfs(self, caller: Caller) -> pyfuse3.StatvfsData:
-        """pyfuse3 gives statfs no inode, so the view reports the sum over the distinct
-        filesystems the caller can see, in 4 KiB units (like a union filesystem)."""
+        """statfs of the view root and `.fusemount` (README "statfs"): the sum over the
+        distinct filesystems the caller can see, in 4 KiB units, like a union filesystem.
+        Under a subtree the source's own filesystem answers (RangeOps.statfs_inode)."""
         out = pyfuse3.StatvfsData()
         unit = 4096
         seen: set[int] = set()

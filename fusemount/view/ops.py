@@ -40,6 +40,7 @@ from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
 from fusemount.view.gate import NOBODY, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.ranges import RangeOps
 from fusemount.view.xattrs import XattrOps
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 
 
-class Ops(XattrOps):
+class Ops(XattrOps, RangeOps):
     """The handlers for names, attributes, files and directories."""
 
     # --- lookups and attributes -----------------------------------------------------------
@@ -153,6 +154,7 @@ class Ops(XattrOps):
     @override
     @fuse_handler
     async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        # Only reached with an unpatched pyfuse3: RangeOps.statfs_inode answers otherwise.
         return self.ctx.statfs(self.callers.from_ctx(ctx))
 
     # --- creating and removing names --------------------------------------------------------

@@ -1,0 +1,170 @@
+"""fallocate in every mode and SEEK_DATA/SEEK_HOLE maps, natively and in the view (issue 14).
+
+Each case builds the same sparse file in a plain directory and in a subtree on the same
+filesystem (ext4 on a loop device, tmpfs), applies one fallocate mode, and compares what a
+caller sees: the errno, size, allocated blocks, content and the data/hole map that
+SEEK_DATA/SEEK_HOLE walk. Collapse and insert range are the exception: fuse itself refuses
+them (EOPNOTSUPP) before the daemon is asked, so the view reports what a filesystem without
+them would, and leaves the file untouched.
+Serves SPEC 3 (fallocate where the source supports it) and issue 14 items 2 and 3.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from fusemount.host import syscalls
+from tests.ranges.conftest import Pair
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]
+
+KiB = 1024
+KEEP_SIZE, PUNCH_HOLE, COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE = 0x01, 0x02, 0x08, 0x10, 0x20
+MODES = {
+    "allocate": 0,
+    "keep_size": KEEP_SIZE,
+    "punch_hole": PUNCH_HOLE | KEEP_SIZE,
+    "zero_range": ZERO_RANGE,
+    "zero_range_keep_size": ZERO_RANGE | KEEP_SIZE,
+    "collapse_range": COLLAPSE_RANGE,
+    "insert_range": INSERT_RANGE,
+}
+KERNEL_REFUSES = {"collapse_range", "insert_range"}  # fuse answers EOPNOTSUPP itself
+
+Summary = dict[str, object]
+
+
+def seek_map(fd: int) -> list[tuple[str, int, int]]:
+    """The file as SEEK_DATA/SEEK_HOLE show it: (kind, start, end) runs up to its size."""
+    size = os.fstat(fd).st_size
+    runs: list[tuple[str, int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            assert exc.errno == errno.ENXIO, exc
+            runs.append(("hole", offset, size))
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        if data > offset:
+            runs.append(("hole", offset, data))
+        runs.append(("data", data, hole))
+        offset = hole
+    return runs
+
+
+def past_end(fd: int) -> list[str]:
+    """What SEEK_DATA and SEEK_HOLE answer at the size and beyond (ENXIO natively)."""
+    size = os.fstat(fd).st_size
+    out = []
+    for whence in (os.SEEK_DATA, os.SEEK_HOLE):
+        for offset in (size, size + 4096):
+            try:
+                out.append(str(os.lseek(fd, offset, whence)))
+            except OSError as exc:
+                out.append(errno.errorcode[exc.errno or 0])
+    return out
+
+
+def describe(path: Path) -> Summary:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        digest = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(fd, 1 << 20, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        return {"size": st.st_size, "blocks": st.st_blocks, "sha256": digest.hexdigest(),
+                "map": seek_map(fd), "past_end": past_end(fd)}
+    finally:
+        os.close(fd)
+
+
+def make_sparse(path: Path) -> None:
+    """256 KiB data, 256 KiB hole, 256 KiB data, then a hole to 1 MiB."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.pwrite(fd, b"\xab" * (256 * KiB), 0)
+        os.pwrite(fd, bytes(range(256)) * 1024, 512 * KiB)
+        os.ftruncate(fd, 1024 * KiB)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def apply(directory: Path, mode: int, offset: int, length: int) -> Summary:
+    path = directory / "f"
+    make_sparse(path)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        syscalls.fallocate(fd, mode, offset, length)
+        os.fsync(fd)
+        result = "ok"
+    except OSError as exc:
+        result = errno.errorcode[exc.errno or 0]
+    finally:
+        os.close(fd)
+    return {"result": result, **describe(path)}
+
+
+@pytest.mark.parametrize("mode_name", sorted(MODES))
+@pytest.mark.parametrize(("offset", "length"), [(128 * KiB, 512 * KiB),
+                                                (768 * KiB, 512 * KiB)],
+                         ids=["inside", "past_eof"])
+def test_fallocate_mode_matches_native_issue_14(pair: Pair, mode_name: str, offset: int,
+                                                 length: int) -> None:
+    mode = MODES[mode_name]
+    native = apply(pair.native, mode, offset, length)
+    viewed = apply(pair.view_dir, mode, offset, length)
+    backing = {"result": viewed["result"], **describe(pair.backing / "f")}
+    assert backing == viewed, "the view shows something else than the source holds"
+    if mode_name in KERNEL_REFUSES:
+        assert viewed["result"] == errno.errorcode[errno.EOPNOTSUPP]
+        make_sparse(pair.native / "plain")
+        assert {k: v for k, v in viewed.items() if k != "result"} == \
+            describe(pair.native / "plain"), "a refused mode changed the file"
+        return
+    assert viewed == native
+
+
+@pytest.mark.parametrize("layout", ["sparse", "dense", "empty", "hole_only", "tail_data"])
+def test_seek_data_hole_map_matches_source_issue_14(pair: Pair, layout: str) -> None:
+    """A file written on the source directly: the view walks the same map over it."""
+    path = pair.backing / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        if layout == "sparse":
+            for index in range(0, 16, 3):
+                os.pwrite(fd, b"x" * 8192, index * 64 * KiB)
+            os.ftruncate(fd, 1 << 20)
+        elif layout == "dense":
+            os.pwrite(fd, b"y" * (300 * KiB), 0)
+        elif layout == "hole_only":
+            os.ftruncate(fd, 1 << 20)
+        elif layout == "tail_data":
+            os.pwrite(fd, b"z" * 100, (1 << 20) - 100)
+    finally:
+        os.close(fd)
+    assert describe(pair.view_dir / "f") == describe(path)
+
+
+def test_seek_after_writes_through_view_matches_native_issue_14(pair: Pair) -> None:
+    """Writes through the view, then the map: the kernel must not answer from its cache."""
+    results = []
+    for directory in (pair.native, pair.view_dir):
+        make_sparse(directory / "f")
+        fd = os.open(directory / "f", os.O_RDWR)
+        try:
+            os.pwrite(fd, b"w" * 4096, 300 * KiB)
+            syscalls.fallocate(fd, PUNCH_HOLE | KEEP_SIZE, 0, 128 * KiB)
+            results.append((seek_map(fd), past_end(fd)))
+        finally:
+            os.close(fd)
+    assert results[1] == results[0]
