@@ -12,7 +12,6 @@ Serves SPEC 3 (fallocate where the source supports it) and issue 14 items 2 and 
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import pytest
 
 from fusemount.host import syscalls
 from tests.ranges.conftest import Pair
+from tests.ranges.support import KiB, Summary, describe, make_sparse, past_end, seek_map
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]
 
-KiB = 1024
 KEEP_SIZE, PUNCH_HOLE, COLLAPSE_RANGE, ZERO_RANGE, INSERT_RANGE = 0x01, 0x02, 0x08, 0x10, 0x20
 MODES = {
     "allocate": 0,
@@ -35,68 +34,6 @@ MODES = {
     "insert_range": INSERT_RANGE,
 }
 KERNEL_REFUSES = {"collapse_range", "insert_range"}  # fuse answers EOPNOTSUPP itself
-
-Summary = dict[str, object]
-
-
-def seek_map(fd: int) -> list[tuple[str, int, int]]:
-    """The file as SEEK_DATA/SEEK_HOLE show it: (kind, start, end) runs up to its size."""
-    size = os.fstat(fd).st_size
-    runs: list[tuple[str, int, int]] = []
-    offset = 0
-    while offset < size:
-        try:
-            data = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError as exc:
-            assert exc.errno == errno.ENXIO, exc
-            runs.append(("hole", offset, size))
-            break
-        hole = os.lseek(fd, data, os.SEEK_HOLE)
-        if data > offset:
-            runs.append(("hole", offset, data))
-        runs.append(("data", data, hole))
-        offset = hole
-    return runs
-
-
-def past_end(fd: int) -> list[str]:
-    """What SEEK_DATA and SEEK_HOLE answer at the size and beyond (ENXIO natively)."""
-    size = os.fstat(fd).st_size
-    out = []
-    for whence in (os.SEEK_DATA, os.SEEK_HOLE):
-        for offset in (size, size + 4096):
-            try:
-                out.append(str(os.lseek(fd, offset, whence)))
-            except OSError as exc:
-                out.append(errno.errorcode[exc.errno or 0])
-    return out
-
-
-def describe(path: Path) -> Summary:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        st = os.fstat(fd)
-        digest = hashlib.sha256()
-        offset = 0
-        while chunk := os.pread(fd, 1 << 20, offset):
-            digest.update(chunk)
-            offset += len(chunk)
-        return {"size": st.st_size, "blocks": st.st_blocks, "sha256": digest.hexdigest(),
-                "map": seek_map(fd), "past_end": past_end(fd)}
-    finally:
-        os.close(fd)
-
-
-def make_sparse(path: Path) -> None:
-    """256 KiB data, 256 KiB hole, 256 KiB data, then a hole to 1 MiB."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.pwrite(fd, b"\xab" * (256 * KiB), 0)
-        os.pwrite(fd, bytes(range(256)) * 1024, 512 * KiB)
-        os.ftruncate(fd, 1024 * KiB)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def apply(directory: Path, mode: int, offset: int, length: int) -> Summary:
