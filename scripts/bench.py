@@ -578,6 +578,41 @@ def wl_parallel_seq_read(directory: Path, p: Params) -> float:
     return units / MIB / wall
 
 
+# qemu-img on a sparse VM image (issue 14): SEEK_DATA/SEEK_HOLE decide whether convert reads
+# the whole GiB or only the data in it. Self-contained; the fixture is built untimed.
+VM_IMAGE_BYTES = 1 << 30
+VM_DATA_MIB = 64  # spread over the image in 1 MiB pieces
+
+
+def _ensure_vm_image(directory: Path) -> str:
+    path = directory / "vm.raw"
+    if not _done(directory, "vm"):
+        _remove(path)
+        chunk = random.Random(SEED).randbytes(MIB)
+        fd = os.open(path, CREATE_FLAGS, 0o644)
+        try:
+            os.ftruncate(fd, VM_IMAGE_BYTES)
+            for i in range(VM_DATA_MIB):
+                os.lseek(fd, i * (VM_IMAGE_BYTES // VM_DATA_MIB), os.SEEK_SET)
+                _write_all(fd, chunk)
+        finally:
+            os.close(fd)
+        _mark(directory, "vm")
+    return str(path)
+
+
+def wl_qemu_convert(directory: Path, p: Params) -> float:
+    raw = _ensure_vm_image(directory)
+    qcow2, back = str(directory / "vm.qcow2"), str(directory / "vm-back.raw")
+    elapsed = _timed_command(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, qcow2])
+    elapsed += _timed_command(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", qcow2, back])
+    subprocess.run(["qemu-img", "compare", "-q", "-f", "raw", "-F", "raw", raw, back],
+                   check=True)  # the bytes came back
+    os.unlink(qcow2)
+    os.unlink(back)
+    return elapsed
+
+
 WORKLOADS: list[Workload] = [
     Workload("create", "ops/s", wl_create, "create empty files (n_files)"),
     Workload("stat", "ops/s", wl_stat, "os.stat by path of each empty file"),
@@ -606,6 +641,9 @@ WORKLOADS: list[Workload] = [
         wl_parallel_seq_read,
         "parallel processes, cold, each reads its share",
     ),
+    Workload("qemu_convert", "s", wl_qemu_convert,
+             "qemu-img convert of a sparse 1 GiB raw image to qcow2 and back",
+             is_lower_better=True),
 ]
 
 
