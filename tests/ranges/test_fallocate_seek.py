@@ -20,6 +20,8 @@ import pytest
 from fusemount.host import syscalls
 from tests.ranges.conftest import Pair
 from tests.ranges.support import KiB, Summary, describe, make_sparse, past_end, seek_map
+from tests.support.daemon import ViewHandle
+from tests.support.users import Users, py_as
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]
 
@@ -105,3 +107,54 @@ def test_seek_after_writes_through_view_matches_native_issue_14(pair: Pair) -> N
         finally:
             os.close(fd)
     assert results[1] == results[0]
+
+
+USER_SCRIPT = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+def falloc(fd, mode, off, length):
+    if libc.fallocate(fd, mode, off, length) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+fd = os.open(os.path.join(DIRECTORY, "mine"), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+os.pwrite(fd, b"u" * 65536, 0)
+out = [errno_of(lambda: falloc(fd, 0, 65536, 65536)),
+       errno_of(lambda: falloc(fd, 3, 4096, 8192)),
+       os.lseek(fd, 0, os.SEEK_HOLE), os.lseek(fd, 12288, os.SEEK_DATA)]
+dst = os.open(os.path.join(DIRECTORY, "copy"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+out.append(os.copy_file_range(fd, dst, 1 << 20, 0, 0))
+st = os.fstat(fd)
+out += [st.st_size, st.st_uid, os.fstat(dst).st_size]
+os.close(dst)
+os.close(fd)
+print(json.dumps(out))
+"""
+
+
+def test_fallocate_seek_copy_as_unprivileged_owner_match_native_issue_14(
+        view: ViewHandle, pair: Pair, users: Users) -> None:
+    """The calls run with the caller's credentials (backing.*, creds.as_caller)."""
+    alice = users.alice
+    for directory in (pair.native, pair.backing):
+        os.chown(directory, alice.uid, alice.gid)
+    view.ok(f"set {pair.name} owner={alice.name}")
+    results = [py_as(alice, f"DIRECTORY = {str(d)!r}\n" + USER_SCRIPT)
+               for d in (pair.native, pair.view_dir)]
+    assert results[1] == results[0]
+    assert results[0] == [0, 0, 4096, 12288, 131072, 131072, alice.uid, 131072]
+
+
+def test_control_files_have_no_ranges_issue_14(view: ViewHandle) -> None:
+    """fallocate on the ctl file is EOPNOTSUPP and seeking data in it ENXIO (it reads as
+    size 0); never ENOSYS, which would switch the operation off for the whole view."""
+    fd = os.open(view.path / ".fusemount" / "ctl", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as refused:
+            syscalls.fallocate(fd, 0, 0, 4096)
+        assert refused.value.errno == errno.EOPNOTSUPP
+        for whence in (os.SEEK_DATA, os.SEEK_HOLE):
+            with pytest.raises(OSError) as nothing:
+                os.lseek(fd, 0, whence)
+            assert nothing.value.errno == errno.ENXIO
+    finally:
+        os.close(fd)
