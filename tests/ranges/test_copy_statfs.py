@@ -205,3 +205,18 @@ print(json.dumps([s({str(view.path)!r}), s({str(pair.view_dir)!r})]))
 def _pair_of(value: object) -> tuple[object, object]:
     assert isinstance(value, list) and len(value) == 2, value
     return value[0], value[1]
+
+
+def test_statfs_of_daemon_mounted_tmpfs_is_its_size_issue_14(view: ViewHandle) -> None:
+    """The issue's report: a 64 MiB tmpfs subtree said 258 GB, then ENOSPC at 64 MiB."""
+    view.ok("mount small tmpfs none options=size=64m,mode=0755")
+    try:
+        before = os.statvfs(view.path / "small")
+        assert before.f_blocks * before.f_frsize == 64 << 20
+        with open(view.path / "small" / "f", "wb") as f:
+            f.write(b"\0" * (8 << 20))
+        after = os.statvfs(view.path / "small")
+        assert (before.f_bfree - after.f_bfree) * after.f_frsize == 8 << 20
+        (view.path / "small" / "f").unlink()
+    finally:
+        view.ok("detach small")
