@@ -494,7 +494,7 @@ def _daemon_info(client: Client) -> dict[str, object]:
         pid = found.get("pid", "")
         info.update(pid=int(pid) if pid.isdigit() else None, config=found.get("config", ""),
                     state=found.get("state", ""))
-    started = sample.value("process_start_time_seconds")
+    started = sample.value("fusemount_start_time_seconds")
     if started is not None:
         info["started"] = started
         info["uptime"] = max(0.0, time.time() - started)

@@ -214,13 +214,13 @@ def _number(value: float) -> str:
 
 def set_process_info(metrics: Metrics, *, view: str, config: str | None, state: str) -> None:
     """`fusemount_info` (pid, view, config and state paths as labels) and
-    `process_start_time_seconds`: what `fusemount status` shows of the daemon."""
+    `fusemount_start_time_seconds`: what `fusemount status` shows of the daemon."""
     started = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + _process_start_since_boot()
     info = {"pid": str(os.getpid()), "view": view, "config": config or "",
             "state": os.path.abspath(state)}
     metrics.set_gauge_source("fusemount_info", "The daemon: pid, view, config and state paths",
                              lambda: [(info, 1.0)])
-    metrics.set_gauge_source("process_start_time_seconds",
+    metrics.set_gauge_source("fusemount_start_time_seconds",
                              "Start time of the process since the epoch in seconds",
                              lambda: [({}, started)])
 
