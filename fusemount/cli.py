@@ -44,17 +44,19 @@ MOUNT_EXIT_FAILURE = 32
 
 DEFAULT_STATE = "/var/lib/fusemount/state.json"
 
+# Lines of at most 70 characters: the man page shows them as they are.
 EXIT_CODES_TEXT = """exit status:
   0   success
-  1   failure: the daemon or the system refused (message on stderr, or a JSON
-      object on stdout with --json); also a busy view for `stop` without --force
+  1   failure: the daemon or the system refused; the message is on
+      stderr, or a JSON object on stdout with --json (also `stop` on a
+      busy view without --force)
   2   usage error: unknown command, missing or unknown option
 
-mount helper form (mount -t fuse.fusemount SOURCE VIEW -o OPTS, /etc/fstab), with the
-exit status of a mount(8) helper:
+mount helper form, run by mount(8) and /etc/fstab through mount.fuse3:
   fusemount SOURCE VIEW [-o state=FILE,debug,...]
-  SOURCE is a config file or `none` (built-in defaults); it is shown as the view's
-  source in the mount table, so `mount -a` sees the view mounted.
+  SOURCE is a config file or `none` (built-in defaults). It is the
+  source the mount table shows, so `mount -a` sees the view mounted.
+  Exit status as for every mount(8) helper:
   0   mounted
   1   incorrect invocation (unknown option, missing argument)
   32  mount failure (the reason on stderr)
@@ -86,7 +88,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message, self)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; also what `make install` makes the man page and the shell
+    completions from (argparse-manpage, shtab)."""
     top = _Parser(
         prog=PROG,
         description="A FUSE view of managed mounts: serve a view, then attach, mount and "
@@ -166,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         if args_list[0] == command and looks_like_mount_helper(args_list):
             return mount_helper(args_list)
         return _unknown(command, as_json=as_json)
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(args_list)
     except UsageError as exc:
