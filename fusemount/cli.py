@@ -389,12 +389,18 @@ def stop(view: str, timeout_s: float, *, force: bool = False, as_json: bool = Fa
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not os.path.exists(f"/proc/{pid}"):
-            return EXIT_OK
+            return _stopped(pid, as_json)
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat", "rb") as f:
             if f.read().split(b") ", 1)[1][:1] == b"Z":
-                return EXIT_OK
+                return _stopped(pid, as_json)
         time.sleep(0.05)
     return _fail(f"daemon {pid} did not stop within {timeout_s}s", "ETIMEDOUT", as_json=as_json)
+
+
+def _stopped(pid: int, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": True, "pid": pid}))
+    return EXIT_OK
 
 
 def processes_using(view: str) -> list[tuple[int, str]]:
