@@ -42,8 +42,6 @@ EXIT_USAGE = 2
 MOUNT_EXIT_USAGE = 1
 MOUNT_EXIT_FAILURE = 32
 
-DEFAULT_STATE = "/var/lib/fusemount/state.json"
-
 # Lines of at most 70 characters: the man page shows them as they are.
 EXIT_CODES_TEXT = """exit status:
   0   success
@@ -115,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("view", metavar="VIEW", help="an empty directory to mount the view on")
     s.add_argument("--config", metavar="FILE",
                    help="TOML config file (built-in defaults without it)")
-    s.add_argument("--state", metavar="FILE", default=DEFAULT_STATE,
-                   help="state file (default: %(default)s)")
+    s.add_argument("--state", metavar="FILE", default=None,
+                   help="state file (default: the daemon's, one per view)")
     s.add_argument("--background", action="store_true",
                    help="return once the view is live; the daemon keeps running")
     s.add_argument("--debug", action="store_true", help="log every request")
@@ -281,7 +279,7 @@ def mount_helper(argv: list[str]) -> int:
     `dev` say). Exit status as mount(8) helpers: 0, 1 incorrect invocation, 32 failure.
     """
     source, view, rest = argv[0], argv[1], argv[2:]
-    state = DEFAULT_STATE
+    state: str | None = None  # the daemon's default
     debug = False
     words: list[str] = []
     while rest:
@@ -322,16 +320,19 @@ def _serve(args: argparse.Namespace) -> int:
     from fusemount.daemon import ServeOptions, serve
 
     _setup_logging(args.debug)
-    return serve(ServeOptions(view=args.view, config_path=args.config, state_path=args.state,
-                              debug=args.debug, demo=args.demo, notify_fd=args.notify_fd,
-                              fsname=args.fsname))
+    # No --state: ServeOptions' default, which the daemon owns (SPEC 8: one per view).
+    state = {"state_path": args.state} if args.state else {}
+    return serve(ServeOptions(view=args.view, config_path=args.config, debug=args.debug,
+                              demo=args.demo, notify_fd=args.notify_fd, fsname=args.fsname,
+                              **state))
 
 
 def _background(args: argparse.Namespace) -> int:
     """Start the daemon detached; exit 0 once the view is live, else 1 with the reason."""
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "fusemount", "serve", args.view, "--state", args.state,
-            "--notify-fd", str(w)]
+    argv = [sys.executable, "-m", "fusemount", "serve", args.view, "--notify-fd", str(w)]
+    if args.state:
+        argv += ["--state", args.state]
     if args.config:
         argv += ["--config", args.config]
     if args.debug:

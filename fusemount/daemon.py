@@ -266,7 +266,7 @@ def _serve(opts: ServeOptions) -> int:
     view_errors.sink.debug = opts.debug
     latency = CpuLatencyRequest()
     _gauges(metrics, ctx)
-    set_process_info(metrics, view=view, config=opts.config_path, state=opts.state_path)
+    set_process_info(metrics, view=view, config=opts.config_path, state=store.path)
     metrics.set_gauge_source("fusemount_busy_poll",
                              "1 while idle CPUs are asked to poll ([performance] busy_poll)",
                              lambda: [({}, float(latency.held))])
