@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "top":
         problem = view_problem(args.view)
         if problem is not None:
-            return _fail(problem, "ENOENT", as_json=as_json)
+            return _fail(problem, _problem_errno(problem), as_json=as_json)
         from fusemount import top
 
         return top.main(args.view, args.interval)
@@ -251,6 +251,10 @@ def _help(parser: argparse.ArgumentParser, command: str | None, *, as_json: bool
     with contextlib.suppress(SystemExit):
         parser.parse_args([command, "--help"])
     return EXIT_OK
+
+
+def _problem_errno(problem: str) -> str:
+    return "ENOTCONN" if "not connected" in problem else "ENOENT"
 
 
 def _fail(message: str, errno_name: str, *, as_json: bool, code: int = EXIT_FAILURE,
@@ -362,8 +366,8 @@ def _background(args: argparse.Namespace) -> int:
 def stop(view: str, timeout_s: float, *, force: bool = False, as_json: bool = False) -> int:
     """Stop the daemon serving view; refused like umount(8) (EBUSY) while view is in use."""
     if not is_view_mount(view):
-        return _fail(view_problem(view) or f"{view}: not a fusemount view", "ENOENT",
-                     as_json=as_json)
+        problem = view_problem(view) or f"{view}: not a fusemount view"
+        return _fail(problem, _problem_errno(problem), as_json=as_json)
     if not force:
         users = processes_using(view)
         if users:

@@ -478,3 +478,37 @@ def test_ls_json_refuses_a_broken_listing(
     assert wrappers.run(["ls", str(view), "--json"]) == 1
     out, err = capsys.readouterr()
     assert err == "" and json.loads(out)["errno"] == "EPROTO"
+
+
+# --- issue 15 item 6: squash=, relative SOURCE ---------------------------------------------
+
+
+def test_set_sends_squash_and_refuses_other_values() -> None:
+    ctl = ScriptedCtl()
+    Client("/v", transport=ctl).set("d", squash="root")
+    assert sent_words(ctl) == ["set", "d", "squash=root"]
+    with pytest.raises(ValueError):
+        Client("/v", transport=ScriptedCtl()).set("d", squash="all")  # type: ignore[arg-type]
+
+
+def test_relative_source_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "disk.img").write_bytes(b"")
+    resolve = wrappers.resolve_source
+    assert resolve("attach", ["d", "src", "ro"]) == ["d", str(tmp_path / "src"), "ro"]
+    assert resolve("attach", ["d", "/abs"]) == ["d", "/abs"]
+    assert resolve("mount", ["d", "ext4", "disk.img"]) == ["d", "ext4", str(tmp_path / "disk.img")]
+    assert resolve("mount", ["d", "tmpfs", "none"]) == ["d", "tmpfs", "none"]
+    assert resolve("hold", ["d", "h"]) == ["d", "h"]
+    assert resolve("attach", ["d"]) == ["d"]
+
+
+def test_wrapper_sends_a_relative_source_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctl = ScriptedCtl()
+    assert run_with(ctl, ["attach", "/mnt/view", "data", "sub dir"]) == 0
+    assert sent_words(ctl) == ["attach", "data", str(tmp_path / "sub dir")]
