@@ -300,3 +300,13 @@ def test_stop_refuses_while_files_are_open_unless_force(view: ViewHandle, source
         holder.wait()
     assert view.daemon.stop() == 0  # waits for the exit; 0: the daemon shut down cleanly
     assert not is_mounted(view.path)
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_view_is_reported_as_not_connected(view: ViewHandle) -> None:
+    view.daemon.kill()
+    result = fusemount("ls", str(view.path))
+    assert result.returncode == 1
+    assert "not connected" in result.stderr and "(ENOTCONN)" in result.stderr, result.stderr
+    as_json = json.loads(fusemount("--json", "status", str(view.path)).stdout)
+    assert as_json["errno"] == "ENOTCONN"
