@@ -31,7 +31,7 @@ from fusemount.core.records import Caller, Config, ControlError, Kind, State, Su
 from fusemount.core.subtrees import SubtreeTable, same_source
 from fusemount.host import sources
 from fusemount.host.cpulatency import CpuLatencyRequest
-from fusemount.metrics import Metrics, set_process_info
+from fusemount.metrics import Metrics
 from fusemount.state import StateError, StateStore
 from fusemount.view import errors as view_errors
 from fusemount.view.busypoll import ENGAGE_COUNT, BusyPoll
@@ -266,7 +266,7 @@ def _serve(opts: ServeOptions) -> int:
     view_errors.sink.debug = opts.debug
     latency = CpuLatencyRequest()
     _gauges(metrics, ctx)
-    set_process_info(metrics, view=view, config=opts.config_path, state=store.path)
+    metrics.set_process_info(view=view, config=opts.config_path, state=store.path)
     metrics.set_gauge_source("fusemount_busy_poll",
                              "1 while idle CPUs are asked to poll ([performance] busy_poll)",
                              lambda: [({}, float(latency.held))])

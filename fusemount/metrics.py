@@ -111,6 +111,20 @@ class Metrics:
             self._check_new_name(name)
         self._gauges[name] = (help_, fn)
 
+    def set_process_info(self, *, view: str, config: str | None, state: str) -> None:
+        """`fusemount_info` (pid, view, config and state paths as labels) and
+        `fusemount_start_time_seconds`: what `fusemount status` shows of the daemon."""
+        started = (time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+                   + _process_start_since_boot())
+        info = {"pid": str(os.getpid()), "view": view, "config": config or "",
+                "state": os.path.abspath(state)}
+        self.set_gauge_source("fusemount_info",
+                              "The daemon: pid, view, config and state paths",
+                              lambda: [(info, 1.0)])
+        self.set_gauge_source("fusemount_start_time_seconds",
+                              "Start time of the process since the epoch in seconds",
+                              lambda: [({}, started)])
+
     def render(self) -> str:
         """The whole exposition, `\\n`-terminated; may call every gauge callback."""
         out: list[str] = []
@@ -210,19 +224,6 @@ def _number(value: float) -> str:
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
-
-
-def set_process_info(metrics: Metrics, *, view: str, config: str | None, state: str) -> None:
-    """`fusemount_info` (pid, view, config and state paths as labels) and
-    `fusemount_start_time_seconds`: what `fusemount status` shows of the daemon."""
-    started = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) + _process_start_since_boot()
-    info = {"pid": str(os.getpid()), "view": view, "config": config or "",
-            "state": os.path.abspath(state)}
-    metrics.set_gauge_source("fusemount_info", "The daemon: pid, view, config and state paths",
-                             lambda: [(info, 1.0)])
-    metrics.set_gauge_source("fusemount_start_time_seconds",
-                             "Start time of the process since the epoch in seconds",
-                             lambda: [({}, started)])
 
 
 def _process_start_since_boot() -> float:
