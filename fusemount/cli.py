@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", metavar="FILE",
                    help="TOML config file (built-in defaults without it)")
     s.add_argument("--state", metavar="FILE", default=None,
-                   help="state file (default: the daemon's, one per view)")
+                   help="state file (default: /var/lib/fusemount/VIEW.json, VIEW escaped "
+                        "as by systemd-escape --path)")
     s.add_argument("--background", action="store_true",
                    help="return once the view is live; the daemon keeps running")
     s.add_argument("--debug", action="store_true", help="log every request")
