@@ -168,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     if command is not None and command not in COMMANDS:
         if args_list[0] == command and looks_like_mount_helper(args_list):
             return mount_helper(args_list)
-        return _unknown(command, as_json=as_json)
+        if args_list == [command] and looks_like_mount_helper([command, "VIEW"]):
+            print("fusemount: the mount helper form is `fusemount SOURCE VIEW [-o OPTIONS]`",
+                  file=sys.stderr)
+            return MOUNT_EXIT_USAGE
+        return _unknown(command, as_json="--json" in args_list)
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
