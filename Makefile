@@ -15,7 +15,7 @@ PYFUSE3_INPUTS := binding/pyfuse3-3.5.0.patch binding/build-constraints.txt scri
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config patch qemu-utils
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages run test lint bench install clean distclean
+.PHONY: setup system-packages run test lint bench install uninstall clean distclean
 
 setup: system-packages $(STAMP)
 
@@ -74,9 +74,79 @@ lint: setup
 bench: setup
 	$(VPY) scripts/bench.py
 
-# mount(8), fstab and systemd find helpers on the standard PATH only.
-install: setup
-	ln -sf $(CURDIR)/$(VENV)/bin/fusemount /usr/local/bin/fusemount
+# --- install / uninstall (README "Running as a service") ---------------------------------
+# A self-contained runtime: its own venv in PREFIX, made with the system Python (a pyenv or
+# a checkout under /root would be unreadable to users), holding fusemount and its runtime
+# dependencies only, readable by everyone. The man page and the shell completions are
+# generated from the argument parser (fusemount.cli.build_parser) by argparse-manpage and
+# shtab, fetched into a scratch directory that is deleted afterwards: no build or test tool
+# stays in the runtime. mount(8), fstab and systemd find `fusemount` on the standard PATH
+# only, hence the link in BINDIR; mount.fuse3 runs it for `-t fuse.fusemount`.
+# RUNTIME_PIP_ARGS: extra pip arguments for the runtime (a locally built wheel, say).
+PREFIX ?= /opt/fusemount
+BINDIR ?= /usr/local/bin
+MANDIR ?= /usr/local/share/man
+BASHCOMPDIR ?= /usr/local/share/bash-completion/completions
+ZSHCOMPDIR ?= /usr/local/share/zsh/site-functions
+UNITDIR ?= /usr/local/lib/systemd/system
+INSTALL_PYTHON ?= /usr/bin/python3
+RUNTIME_PIP_ARGS ?=
+DOC_TOOLS := 'argparse-manpage>=4.5' 'shtab>=1.7'  # as pyproject's docs extra
+RUNTIME_MARK := .fusemount-runtime
+PIP_QUIET := -q --disable-pip-version-check --no-input
+
+install: system-packages
+	@set -euo pipefail; umask 022; \
+	if [ -e "$(PREFIX)" ] && [ ! -e "$(PREFIX)/$(RUNTIME_MARK)" ]; then \
+	  echo "make install: $(PREFIX) exists and is no fusemount runtime; not replacing it" >&2; \
+	  exit 1; \
+	fi; \
+	scratch=$$(mktemp -d /tmp/fusemount-install.XXXXXX); trap 'rm -rf "$$scratch"' EXIT; \
+	mkdir "$$scratch/src"; \
+	cp -r fusemount pyproject.toml README.md LICENSE "$$scratch/src/"; \
+	rm -rf "$(PREFIX)"; \
+	$(INSTALL_PYTHON) -m venv "$(PREFIX)"; \
+	touch "$(PREFIX)/$(RUNTIME_MARK)"; \
+	"$(PREFIX)/bin/python" -m pip install $(PIP_QUIET) $(RUNTIME_PIP_ARGS) "$$scratch/src"; \
+	"$(PREFIX)/bin/python" -m pip install $(PIP_QUIET) --target "$$scratch/tools" $(DOC_TOOLS); \
+	share="$(PREFIX)/share"; \
+	mkdir -p "$$share/man/man8" "$$share/bash-completion" "$$share/zsh" "$$share/doc/fusemount"; \
+	version=$$("$(PREFIX)/bin/fusemount" --version | cut -d' ' -f2); \
+	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -c \
+	  'import sys; from argparse_manpage.cli import main; sys.exit(main())' \
+	  --module fusemount.cli --function build_parser --prog fusemount --manual-section 8 \
+	  --manual-title "System Administration" --project-name fusemount --version "$$version" \
+	  --description "a FUSE view of managed mounts" --output "$$share/man/man8/fusemount.8"; \
+	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -m shtab --shell=bash \
+	  --prog fusemount fusemount.cli.build_parser > "$$share/bash-completion/fusemount"; \
+	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -m shtab --shell=zsh \
+	  --prog fusemount fusemount.cli.build_parser > "$$share/zsh/_fusemount"; \
+	cp README.md LICENSE "$$share/doc/fusemount/"; \
+	chmod -R a+rX "$(PREFIX)"; \
+	mkdir -p "$(BINDIR)" "$(MANDIR)/man8" "$(BASHCOMPDIR)" "$(ZSHCOMPDIR)" "$(UNITDIR)"; \
+	ln -sfn "$(PREFIX)/bin/fusemount" "$(BINDIR)/fusemount"; \
+	ln -sfn "$$share/man/man8/fusemount.8" "$(MANDIR)/man8/fusemount.8"; \
+	ln -sfn "$$share/bash-completion/fusemount" "$(BASHCOMPDIR)/fusemount"; \
+	ln -sfn "$$share/zsh/_fusemount" "$(ZSHCOMPDIR)/_fusemount"; \
+	sed -e 's|/usr/local/bin/fusemount|$(BINDIR)/fusemount|g' -e 's|/opt/fusemount|$(PREFIX)|g' \
+	  scripts/fusemount@.service > "$(UNITDIR)/fusemount@.service"; \
+	chmod 644 "$(UNITDIR)/fusemount@.service"; \
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \
+	echo "installed fusemount $$version in $(PREFIX); command $(BINDIR)/fusemount"
+
+# Removes only what install made: links that point into PREFIX, and PREFIX if it is a runtime.
+uninstall:
+	@set -eu; \
+	for link in "$(BINDIR)/fusemount" "$(MANDIR)/man8/fusemount.8" \
+	    "$(BASHCOMPDIR)/fusemount" "$(ZSHCOMPDIR)/_fusemount"; do \
+	  case "$$(readlink "$$link" || true)" in "$(PREFIX)"/*) rm -f "$$link";; esac; \
+	done; \
+	if grep -qs '^ExecStart=$(BINDIR)/fusemount serve' "$(UNITDIR)/fusemount@.service"; then \
+	  rm -f "$(UNITDIR)/fusemount@.service"; \
+	  if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi; \
+	fi; \
+	if [ -e "$(PREFIX)/$(RUNTIME_MARK)" ]; then rm -rf "$(PREFIX)"; fi; \
+	echo "uninstalled fusemount from $(PREFIX)"
 
 # Benchmark results are records, not build output: clean keeps bench-results/.
 # Never rm -r mnt: while the demo runs it is the view, and deleting through it deletes sources.

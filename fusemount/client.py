@@ -13,6 +13,7 @@ SPEC 4 (the ctl protocol, commands, errors) and SPEC 9 (what the wrappers build 
 
 from __future__ import annotations
 
+import contextlib
 import errno as errno_mod
 import json
 import math
@@ -21,7 +22,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 CONTROL_DIR = ".fusemount"
 # A reply is one JSON line; this bounds what a broken daemon can make us buffer.
@@ -227,8 +228,10 @@ class Client:
         try:
             failed, raw = self.transport.transact(text.encode("utf-8", "surrogateescape"))
         except OSError as exc:
-            code = exc.errno if exc.errno is not None else errno_mod.EIO
-            raise ControlFailed(code, f"{self.control_dir / 'ctl'}: {_reason(exc)}") from None
+            if not isinstance(self.transport, CtlFile):
+                code = exc.errno if exc.errno is not None else errno_mod.EIO
+                raise ControlFailed(code, f"{self.control_dir / 'ctl'}: {_reason(exc)}") from None
+            raise self._unusable(exc, self.control_dir / "ctl") from None
         reply = _decode(raw)
         if failed is not None:
             raise _refusal(failed, reply)
@@ -298,12 +301,19 @@ class Client:
         ro: bool | None = None,
         owner: str | int | None = None,
         allow: Sequence[str] | None = None,
+        squash: Literal["root", "none"] | None = None,
     ) -> Reply:
-        """`set NAME [ro|rw] [owner=] [allow=]`: None leaves a setting alone, allow=[] clears."""
+        """`set NAME [ro|rw] [owner=] [allow=] [squash=]`: None leaves a setting alone,
+        allow=[] clears; squash="root" makes root act as nobody inside the subtree."""
         words = ["set", name]
         if ro is not None:
             words.append("ro" if ro else "rw")
-        return self._send(words + _options(owner, allow, None, None))
+        words += _options(owner, allow, None, None)
+        if squash is not None:
+            if squash not in ("root", "none"):
+                raise ValueError(f"squash must be 'root' or 'none', not {squash!r}")
+            words.append(f"squash={squash}")
+        return self._send(words)
 
     def detach(self, name: str, *, force: bool = False) -> Reply:
         """`detach NAME [force]`; EBUSY while files are open unless force."""
@@ -322,6 +332,10 @@ class Client:
     def mounts_text(self) -> str:
         """The `mounts` file: one line per subtree the caller may see."""
         return self._read("mounts").decode("utf-8", errors="replace")
+
+    def metrics_text(self) -> str:
+        """The `metrics` file (Prometheus text format; admins only, EACCES otherwise)."""
+        return self._read("metrics").decode("utf-8", errors="replace")
 
     def version(self) -> str:
         """The daemon's version number, "X.Y.Z", from `version` ("fusemount X.Y.Z")."""
@@ -354,9 +368,90 @@ class Client:
         except ControlFailed:
             raise
         except OSError as exc:
-            code = exc.errno if exc.errno is not None else errno_mod.EIO
-            raise ControlFailed(code, f"{path}: {_reason(exc)}") from None
+            raise self._unusable(exc, path) from None
         return b"".join(chunks)
+
+    def _unusable(self, exc: OSError, path: Path) -> ControlFailed:
+        """A control file that could not be used; "not a fusemount view" when that is why."""
+        code = exc.errno if exc.errno is not None else errno_mod.EIO
+        if code in _NOT_A_VIEW_ERRNOS:
+            problem = view_problem(self.view)
+            if problem is not None:
+                return ControlFailed(code, problem)
+        return ControlFailed(code, f"{path}: {_reason(exc)}")
+
+
+# What opening VIEW/.fusemount/FILE fails with when VIEW is not a live view.
+_NOT_A_VIEW_ERRNOS = frozenset({errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.ENOTCONN})
+VIEW_FSTYPE = "fuse.fusemount"
+
+
+def view_problem(view: str | os.PathLike[str]) -> str | None:
+    """Why view is not a usable fusemount view, or None if it is one.
+
+    Reads /proc/self/mountinfo only: never stats the view itself, which a dead daemon
+    would answer with ENOTCONN and a hung one not at all.
+    """
+    real = _real_mount_point(view)
+    fstype = _mount_type(real)
+    if fstype == VIEW_FSTYPE:
+        try:
+            os.stat(os.path.join(real, CONTROL_DIR))
+        except OSError as exc:
+            if exc.errno == errno_mod.ENOTCONN:
+                return (f"{view}: the fusemount view is not connected (its daemon is gone; "
+                        "`fusemount serve` on it cleans it up)")
+        return None
+    if not os.path.isdir(real):
+        return f"{view}: not a fusemount view (no such directory)"
+    if fstype is None:
+        return f"{view}: not a fusemount view (not a mount point)"
+    return f"{view}: not a fusemount view (a {fstype} mount)"
+
+
+def is_view_mount(view: str | os.PathLike[str]) -> bool:
+    """True if a fusemount view (live or dead) is mounted on view, from mountinfo only."""
+    return _mount_type(_real_mount_point(view)) == VIEW_FSTYPE
+
+
+def _real_mount_point(view: str | os.PathLike[str]) -> str:
+    # Symlinks resolved in the parent only: a stat of the view itself would reach its daemon,
+    # which may be dead (ENOTCONN) or hung.
+    path = os.path.abspath(view)
+    parent, name = os.path.split(path)
+    if not name:
+        return path
+    with contextlib.suppress(OSError):
+        parent = os.path.realpath(parent)
+    return os.path.join(parent, name)
+
+
+def _mount_type(mount_point: str) -> str | None:
+    """The type of the topmost mount on mount_point, or None if nothing is mounted there."""
+    found: str | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                head, _, tail = line.partition(" - ")
+                fields = head.split()
+                if len(fields) >= 5 and _unescape(fields[4]) == mount_point and tail:
+                    found = tail.split()[0]  # later lines are mounted on top of earlier ones
+    except OSError:
+        return None
+    return found
+
+
+def _unescape(field: str) -> str:
+    # mountinfo writes space, tab, newline and backslash as \ooo octal escapes
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
 
 
 def _options(

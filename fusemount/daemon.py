@@ -61,6 +61,7 @@ class ServeOptions:
     debug: bool = False
     demo: str | None = None
     notify_fd: int = -1  # --background: write "ready" or "error: ..." here
+    fsname: str = "fusemount"  # the mount helper form passes its SOURCE (mount(8) conventions)
 
 
 def pidfile_for(view: str) -> str:
@@ -265,6 +266,7 @@ def _serve(opts: ServeOptions) -> int:
     view_errors.sink.debug = opts.debug
     latency = CpuLatencyRequest()
     _gauges(metrics, ctx)
+    metrics.set_process_info(view=view, config=opts.config_path, state=store.path)
     metrics.set_gauge_source("fusemount_busy_poll",
                              "1 while idle CPUs are asked to poll ([performance] busy_poll)",
                              lambda: [({}, float(latency.held))])
@@ -277,8 +279,8 @@ def _serve(opts: ServeOptions) -> int:
     ops.control.controller = controller
     ops.control.render_metrics = metrics.render
     options = set(pyfuse3.default_options)
-    options |= {"fsname=fusemount", "subtype=fusemount", "allow_other", "nosuid", "nodev",
-                "default_permissions"}
+    options |= {f"fsname={_fuse_option_value(opts.fsname)}", "subtype=fusemount",
+                "allow_other", "nosuid", "nodev", "default_permissions"}
     if opts.debug:
         options.add("debug")
     with contextlib.ExitStack() as stack:
@@ -295,6 +297,11 @@ def _serve(opts: ServeOptions) -> int:
         trio.run(_run, ctx, controller, ops, opts, latency)
     log.info("stopped cleanly")
     return 0
+
+
+def _fuse_option_value(value: str) -> str:
+    # libfuse splits -o on commas; a backslash makes the next character literal.
+    return value.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _unmount() -> None:

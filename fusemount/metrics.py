@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import os
 import re
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
@@ -108,6 +110,20 @@ class Metrics:
         if name not in self._gauges:
             self._check_new_name(name)
         self._gauges[name] = (help_, fn)
+
+    def set_process_info(self, *, view: str, config: str | None, state: str) -> None:
+        """`fusemount_info` (pid, view, config and state paths as labels) and
+        `fusemount_start_time_seconds`: what `fusemount status` shows of the daemon."""
+        started = (time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+                   + _process_start_since_boot())
+        info = {"pid": str(os.getpid()), "view": view, "config": config or "",
+                "state": os.path.abspath(state)}
+        self.set_gauge_source("fusemount_info",
+                              "The daemon: pid, view, config and state paths",
+                              lambda: [(info, 1.0)])
+        self.set_gauge_source("fusemount_start_time_seconds",
+                              "Start time of the process since the epoch in seconds",
+                              lambda: [({}, started)])
 
     def render(self) -> str:
         """The whole exposition, `\\n`-terminated; may call every gauge callback."""
@@ -208,3 +224,13 @@ def _number(value: float) -> str:
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
+
+
+def _process_start_since_boot() -> float:
+    """Seconds from boot to this process's start (CLOCK_BOOTTIME, from /proc/self/stat)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            ticks = int(f.read().rsplit(") ", 1)[1].split()[19])
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.clock_gettime(time.CLOCK_BOOTTIME)

@@ -51,7 +51,33 @@ class OpenedSource:
 
 def _err(exc: OSError, what: str) -> ControlError:
     code = exc.errno or errno.EIO
+    if code == errno.ELOOP and what.startswith("source /"):
+        link = _symlink_in(what.removeprefix("source "))
+        if link is not None:
+            return ControlError(code, f"{what}: symlink met at {link} (symlinks in a source "
+                                "path are not followed; give the real path)")
     return ControlError(code, f"{what}: {os.strerror(code)}")
+
+
+def _symlink_in(path: str) -> str | None:
+    """`LINK -> TARGET` for the first symlink in path, for the ELOOP message only.
+
+    Walks only through directories that everyone may search, so the message tells nobody
+    more than they could see natively; None when the walk cannot name it.
+    """
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        try:
+            parent = os.lstat(current)
+            if not parent.st_mode & stat.S_IXOTH:
+                return None
+            current = os.path.join(current, part)
+            st = os.lstat(current)
+            if stat.S_ISLNK(st.st_mode):
+                return f"{current} -> {os.readlink(current)}"
+        except OSError:
+            return None
+    return None
 
 
 def fstype_of_mount(mnt_id: int) -> str:

@@ -26,7 +26,7 @@ from pyfuse3 import (
     SetattrFields,
 )
 
-from fusemount import __version__
+from fusemount import __version__, principals
 from fusemount.core.records import Access, Caller, State
 from fusemount.view.attrs import fill, synthetic
 from fusemount.view.handles import ControlHandle, Handle
@@ -70,6 +70,21 @@ def _health(state: State, live: LiveSubtree | None) -> str:
     if state is not State.ATTACHED:
         return "failed"
     return "stalled" if live is not None and live.stalled_since is not None else "ok"
+
+
+def _user_named(uid: object) -> str:
+    """`mounts` is for people: names, where mounts.json keeps the numbers for scripts."""
+    return principals.user_name(uid) if isinstance(uid, int) else str(uid)
+
+
+def _grant_named(rendered: str) -> str:
+    """"1001:ro" -> "alice:ro", "@1002:rw" -> "@team:rw"; unknown ids stay numbers."""
+    who, _, access = rendered.rpartition(":")
+    if who.startswith("@") and who[1:].isdigit():
+        who = "@" + principals.group_name(int(who[1:]))
+    elif who.isdigit():
+        who = principals.user_name(int(who))
+    return f"{who}:{access}"
 
 
 def _escape(text: str) -> str:
@@ -277,13 +292,13 @@ class ControlFiles:
                 "ro" if r["ro"] else "rw",
                 f"kind={r['kind']}",
                 f"state={r['state']}",
-                f"owner={r['owner']}",
+                f"owner={_user_named(r['owner'])}",
                 f"access={r['access']}",
             ]
             if r["allow"]:
                 allow = r["allow"]
                 assert isinstance(allow, list)
-                opts.append("allow=" + ";".join(str(a) for a in allow))
+                opts.append("allow=" + ";".join(_grant_named(str(a)) for a in allow))
             holders = r["holders"]
             assert isinstance(holders, list)
             if holders:

@@ -264,11 +264,11 @@ def test_ctlfile_writes_once_and_reads_the_reply_on_the_same_descriptor(tmp_path
     assert ctl.read_bytes().startswith(command + b"{")
 
 
-def test_ctlfile_on_a_non_view_raises_enoent_naming_ctl(tmp_path: Path) -> None:
+def test_ctlfile_on_a_non_view_raises_enoent_saying_so(tmp_path: Path) -> None:
     with pytest.raises(ControlFailed) as info:
         Client(tmp_path).detach("d")
     assert info.value.errno == errno.ENOENT
-    assert str(tmp_path / ".fusemount" / "ctl") in info.value.message
+    assert info.value.message == f"{tmp_path}: not a fusemount view (not a mount point)"
 
 
 # --- mounts.json, mounts, version ------------------------------------------------------
@@ -432,13 +432,22 @@ def test_ls_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         "source": "none",
         "health": "stalled",
     }
-    view = fake_view(tmp_path, [FULL_RECORD, stalled])
+    failed: dict[str, object] = {
+        "name": "gone",
+        "source": "/srv/gone",
+        "state": "failed",
+        "health": "failed",
+        "reason": "source /srv/gone was replaced (identity changed)",
+    }
+    view = fake_view(tmp_path, [FULL_RECORD, stalled, failed])
     assert wrappers.run(["ls", str(view)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split() for line in lines] == [
-        ["NAME", "STATE", "KIND", "SOURCE", "ACCESS", "HOLDERS"],
-        ["data", "attached", "attach", "/srv/data", "rw", "vol-1,vol-2"],
-        ["scratch", "attached/stalled", "mount", "none", "ro", "-"],
+    assert [line.split(maxsplit=6) for line in lines] == [
+        ["NAME", "STATE", "KIND", "SOURCE", "ACCESS", "HOLDERS", "REASON"],
+        ["data", "attached", "attach", "/srv/data", "rw", "vol-1,vol-2", "-"],
+        ["scratch", "attached/stalled", "mount", "none", "ro", "-", "-"],
+        ["gone", "failed", "attach", "/srv/gone", "ro", "-",
+         "source /srv/gone was replaced (identity changed)"],
     ]
     assert lines[1].index("/srv/data") == lines[0].index("SOURCE")
 
@@ -454,7 +463,7 @@ def test_ls_json_prints_the_listing_as_written(
 def test_ls_of_a_non_view_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert wrappers.run(["ls", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("fusemount: ") and err.endswith("No such file or directory (ENOENT)\n")
+    assert err == f"fusemount: {tmp_path}: not a fusemount view (not a mount point) (ENOENT)\n"
 
 
 def test_ls_json_refuses_a_broken_listing(
@@ -462,6 +471,44 @@ def test_ls_json_refuses_a_broken_listing(
 ) -> None:
     view = fake_view(tmp_path)
     (view / ".fusemount" / "mounts.json").write_text("{oops")
-    assert wrappers.run(["ls", str(view), "--json"]) == 1
+    assert wrappers.run(["ls", str(view)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and err.endswith("(EPROTO)\n")
+    # --json: the error is a JSON object on stdout, nothing on stderr
+    assert wrappers.run(["ls", str(view), "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert err == "" and json.loads(out)["errno"] == "EPROTO"
+
+
+# --- issue 15 item 6: squash=, relative SOURCE ---------------------------------------------
+
+
+def test_set_sends_squash_and_refuses_other_values() -> None:
+    ctl = ScriptedCtl()
+    Client("/v", transport=ctl).set("d", squash="root")
+    assert sent_words(ctl) == ["set", "d", "squash=root"]
+    with pytest.raises(ValueError):
+        Client("/v", transport=ScriptedCtl()).set("d", squash="all")  # type: ignore[arg-type]
+
+
+def test_relative_source_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "disk.img").write_bytes(b"")
+    resolve = wrappers.resolve_source
+    assert resolve("attach", ["d", "src", "ro"]) == ["d", str(tmp_path / "src"), "ro"]
+    assert resolve("attach", ["d", "/abs"]) == ["d", "/abs"]
+    assert resolve("mount", ["d", "ext4", "disk.img"]) == ["d", "ext4", str(tmp_path / "disk.img")]
+    assert resolve("mount", ["d", "tmpfs", "none"]) == ["d", "tmpfs", "none"]
+    assert resolve("hold", ["d", "h"]) == ["d", "h"]
+    assert resolve("attach", ["d"]) == ["d"]
+
+
+def test_wrapper_sends_a_relative_source_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    ctl = ScriptedCtl()
+    assert run_with(ctl, ["attach", "/mnt/view", "data", "sub dir"]) == 0
+    assert sent_words(ctl) == ["attach", "data", str(tmp_path / "sub dir")]
