@@ -132,8 +132,10 @@ class Controller:
         return fields
 
     def _existing(self, caller: Caller, name: str, identity: Identity | None, holder: str | None,
+                  policy: Policy, options: str = "",
                   ) -> tuple[dict[str, object], dict[str, object]] | None:
-        """attach/mount on a taken name: same source adds the holder, another is EEXIST."""
+        """attach/mount on a taken name: the same source with the same options adds the holder
+        (or is a no-op); another source, or other options, is EEXIST (SPEC 4)."""
         found = self.ctx.table.get(name)
         if found is None:
             return None
@@ -142,6 +144,7 @@ class Controller:
             return None  # re-attaching a failed subtree replaces it (SPEC 8)
         if not same_source(spec.identity, identity):
             raise ControlError(errno.EEXIST, f"name {name} is taken by another source")
+        _require_same_options(spec, policy, options)
         if holder is None or holder in spec.holders:
             return self._reply_fields(spec, None), {}
         self._own_or_hidden(caller, spec, "hold")
@@ -202,7 +205,7 @@ class Controller:
         opened = sources.open_attach_source(cmd.source, access_cfg, caller,
                                             self_service=not is_admin, ro=cmd.ro)
         try:
-            result = self._existing(caller, cmd.name, opened.identity, cmd.holder)
+            result = self._existing(caller, cmd.name, opened.identity, cmd.holder, policy)
         except BaseException:
             opened.close()
             raise
@@ -228,7 +231,7 @@ class Controller:
         if existing is not None and existing[1].state is not State.FAILED:
             if existing[1].kind is not Kind.MOUNT or existing[1].fstype != cmd.fstype:
                 raise ControlError(errno.EEXIST, f"name {cmd.name} is taken by another source")
-            result = self._existing(caller, cmd.name, identity, cmd.holder)
+            result = self._existing(caller, cmd.name, identity, cmd.holder, policy, cmd.options)
             assert result is not None
             return result
         self._room(caller, cmd.name, policy.owner)
@@ -366,3 +369,18 @@ class Controller:
         pending, self._pending = self._pending, []
         for subtree in pending:
             await self.ctx.invalidate(subtree)
+
+
+def _require_same_options(spec: SubtreeSpec, policy: Policy, options: str) -> None:
+    """A repeated attach/mount must ask for what the subtree already is: a silent success
+    would let the caller believe e.g. that a read-write subtree is now read-only (SPEC 4).
+    Omitted owner=/allow= mean their defaults (the caller; no grants), as on a first attach."""
+    differs = [word for word, same in (
+        ("ro", spec.policy.ro == policy.ro),
+        ("owner", spec.policy.owner == policy.owner),
+        ("allow", set(spec.policy.grants) == set(policy.grants)),
+        ("options", spec.kind is not Kind.MOUNT or spec.options == options),
+    ) if not same]
+    if differs:
+        raise ControlError(errno.EEXIST, f"{spec.name} is already attached with other "
+                           f"{'/'.join(differs)}: use set to change it")
