@@ -72,11 +72,14 @@ class Controller:
     def _record(self, caller: Caller, text: str, verb: str, code: int, message: str,
                 changes: dict[str, object] | None) -> None:
         name = errno.errorcode.get(code, str(code)) if code else None
-        self.audit.record(uid=caller.uid, gid=caller.gid, pid=caller.pid, command=text,
-                          ok=not code, errno_name=name, message=message, changes=changes)
+        # Admins' refusals are never throttled: only others can flood the log (SPEC 6).
+        throttle = bool(code) and not self._is_admin(caller)
+        written = self.audit.record(uid=caller.uid, gid=caller.gid, pid=caller.pid,
+                                    command=text, ok=not code, errno_name=name, message=message,
+                                    changes=changes, throttle=throttle)
         self.count(verb, name or "ok")
-        if code:
-            log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message)
+        if code and written:
+            log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message[:200])
 
     def _dispatch(self, caller: Caller,
                   command: Command) -> tuple[dict[str, object], dict[str, object]]:

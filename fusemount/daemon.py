@@ -354,4 +354,5 @@ async def _housekeeping(ctx: ViewContext, controller: Controller, ops: Ops) -> N
             expire = live.spec.expire_s
             if expire > 0 and live.open_files == 0 and now - live.last_access >= expire:
                 controller.expire(live.name)
+        controller.audit.flush_suppressed()
         await controller.flush_pending()

@@ -172,3 +172,39 @@ def test_audit_write_errors_are_logged_once_and_never_raise(
 def test_audit_unopenable_path_raises_at_open(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         AuditLog(str(tmp_path / "missing-dir" / "audit.log"))
+
+
+def test_audit_refusal_record_is_at_most_512_bytes_issue_12(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    huge = "attach " + "\udcff\u2603x" * 400_000
+    with AuditLog(str(path)) as audit:
+        audit.record(uid=1000, gid=100, pid=1, command=huge, ok=False, errno_name="E2BIG",
+                     message="m" * 5000)
+    raw = path.read_bytes()
+    assert len(raw) <= 512
+    (record,) = _lines(path)
+    assert record["result"] == "E2BIG"
+    assert isinstance(record["command"], str) and record["command"].startswith("attach ")
+    assert record["changes"] == {"command_bytes": len(huge.encode("utf-8", "surrogateescape"))}
+
+
+def test_audit_throttled_refusals_are_summed_up_per_uid_issue_12(tmp_path: Path) -> None:
+    from fusemount import audit as audit_mod
+
+    now = [0.0]
+    path = tmp_path / "audit.log"
+    with AuditLog(str(path), clock=lambda: now[0]) as audit:
+        written = [audit.record(uid=1000, gid=100, pid=1, command="x", ok=False,
+                                errno_name="EACCES", throttle=True) for _ in range(200)]
+        # Another user and an unthrottled caller are not held back by uid 1000's flood.
+        assert audit.record(uid=1001, gid=100, pid=2, command="y", ok=False, throttle=True)
+        assert audit.record(uid=0, gid=0, pid=3, command="z", ok=False)
+        now[0] += audit_mod.REFUSAL_WINDOW_S
+        audit.flush_suppressed()
+    assert written.count(True) == audit_mod.REFUSALS_PER_WINDOW
+    records = _lines(path)
+    summaries = [r for r in records if r["result"] == "suppressed"]
+    assert len(summaries) == 1
+    expected = 200 - audit_mod.REFUSALS_PER_WINDOW
+    assert summaries[0]["message"] == f"{expected} similar refusals from uid 1000 suppressed"
+    assert len(records) == audit_mod.REFUSALS_PER_WINDOW + 2 + 1
