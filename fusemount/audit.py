@@ -21,13 +21,16 @@ import enum
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+from fusemount.logsetup import AUDIT, AUDIT_LOGGER
+
 log = logging.getLogger(__name__)
+_to_log = logging.getLogger(AUDIT_LOGGER)
+_to_log.setLevel(AUDIT)  # log.level never filters audit records out
 
 REFUSAL_RECORD_MAX = 512  # bytes of one refused command's record, newline included (SPEC 6)
 REFUSALS_PER_WINDOW = 10  # throttled callers: refusal records per uid per window
@@ -45,7 +48,8 @@ class _Refusals:
 
 
 class AuditLog:
-    """Appends audit records to a file, or to stderr when path is "".
+    """Appends audit records to a file, or to the daemon log when path is "" (logger
+    fusemount.audit at level AUDIT: the foreground shows one format, issue 15).
 
     Opening a file that cannot be opened raises OSError: `serve` should stop with it.
     """
@@ -56,7 +60,9 @@ class AuditLog:
         self._clock = clock
         self._refusals: dict[int, _Refusals] = {}  # throttled uids with a current window
         self.suppressed = 0  # refusal records not written (summed up instead), for metrics
-        # None means stderr, looked up at each record so redirection is honoured.
+        self._open: Callable[[str], int] = opener or (lambda name: os.open(
+            name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # None means the daemon log (logsetup decides where that goes).
         self._fd: int | None = None
         # True while writes fail: the failure is logged once, not once per command.
         self._failing = False
@@ -64,8 +70,7 @@ class AuditLog:
         self._closed = False
         if path:
             # 0600: records name users and sources; an existing file keeps its mode.
-            self._fd = opener(path) if opener is not None else os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = self._open(path)
 
     def record(
         self,
@@ -145,6 +150,21 @@ class AuditLog:
                 self.dropped,
             )
 
+    def reopen(self) -> None:
+        """Open the file again (after logrotate moved it). On failure the old descriptor
+        stays and the failure is logged; never raises."""
+        if not self.path or self._closed:
+            return
+        try:
+            fd = self._open(self.path)
+        except OSError as exc:
+            log.error("audit log %s: cannot reopen, still writing the old file: %s",
+                      self.path, exc)
+            return
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+
     def close(self) -> None:
         """Close the file (not stderr). Idempotent; later records are dropped and logged."""
         pending, self._refusals = self._refusals, {}
@@ -173,9 +193,7 @@ class AuditLog:
         if self._closed:
             raise OSError("audit log is closed")
         if self._fd is None:
-            stream = sys.stderr
-            stream.write(line.decode("ascii"))
-            stream.flush()
+            _to_log.log(AUDIT, "%s", line.decode("ascii").rstrip("\n"))
             return
         written = os.write(self._fd, line)
         if written < len(line):
@@ -186,7 +204,7 @@ class AuditLog:
                 view = view[os.write(self._fd, view) :]
 
     def _name(self) -> str:
-        return self.path or "<stderr>"
+        return self.path or "<daemon log>"
 
 
 def _encode(

@@ -13,7 +13,7 @@ import time
 
 from fusemount import __version__, wrappers
 from fusemount.core.config import ConfigError, defaults_toml, load_config
-from fusemount.daemon import ServeOptions, pidfile_for, serve
+from fusemount.daemon import ServeError, ServeOptions, serve, serving_pid
 
 EPILOG_SERVE = """example:
   fusemount serve /mnt/view --state /var/lib/fusemount/state.json --background
@@ -29,8 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_SERVE, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("view")
     s.add_argument("--config", help="TOML config file (built-in defaults without it)")
-    s.add_argument("--state", default="/var/lib/fusemount/state.json",
-                   help="state file (default: %(default)s)")
+    s.add_argument("--state", default=None,
+                   help="state file (default: /var/lib/fusemount/VIEW.json, VIEW escaped "
+                        "as by systemd-escape --path)")
     s.add_argument("--background", action="store_true",
                    help="return once the view is live; the daemon keeps running")
     s.add_argument("--debug", action="store_true", help="log every request")
@@ -93,7 +94,7 @@ def mount_helper(argv: list[str]) -> int:
     nosuid,nodev,allow_other,default_permissions, whatever `suid` or `dev` say).
     """
     config, view, rest = argv[0], argv[1], argv[2:]
-    state = "/var/lib/fusemount/state.json"
+    state: str | None = None
     debug = False
     words: list[str] = []
     while rest:
@@ -138,8 +139,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _background(args: argparse.Namespace) -> int:
     """Start the daemon detached; exit 0 once the view is live, else 1 with the reason."""
     r, w = os.pipe()
-    argv = [sys.executable, "-m", "fusemount", "serve", args.view, "--state", args.state,
-            "--notify-fd", str(w)]
+    argv = [sys.executable, "-m", "fusemount", "serve", args.view, "--notify-fd", str(w)]
+    if args.state:
+        argv += ["--state", args.state]
     if args.config:
         argv += ["--config", args.config]
     if args.debug:
@@ -166,14 +168,13 @@ def _background(args: argparse.Namespace) -> int:
 
 
 def stop(view: str, timeout_s: float) -> int:
-    path = pidfile_for(view)
     try:
-        with open(path, encoding="ascii") as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"fusemount" not in f.read():
-                raise ProcessLookupError
-    except (OSError, ValueError, ProcessLookupError):
+        # Only the process holding the view's pidfile lock is signalled (issue 12 item 14).
+        pid = serving_pid(view)
+    except ServeError as exc:
+        print(f"fusemount: {exc}", file=sys.stderr)
+        return 1
+    except OSError:
         if os.path.ismount(view):
             rc = subprocess.call(["umount", view])
             return 0 if rc == 0 else 1

@@ -352,6 +352,13 @@ class Controller:
             live.close()
         self._pending.append(live)
 
+    def mark_declared(self, name: str) -> None:
+        """Remember that the config declares name (issue 15: `[[subtree]]` tables), so that
+        dropping it from the config detaches it. Raises ControlError if the state file fails."""
+        found = self.ctx.table.get(name)
+        if found is not None and not found[1].declared:
+            self._change(found[1], dataclasses.replace(found[1], declared=True))
+
     def expire(self, name: str) -> None:
         """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
         found = self.ctx.table.get(name)

@@ -325,7 +325,9 @@ def test_config_defaults_are_the_spec_defaults_and_check_clean(scratch: Path) ->
     assert doc["access"]["admins"] == ["root", "@fusemount"]
     assert doc["access"]["mount_fstypes"] == ["tmpfs", "ext4", "xfs", "btrfs", "squashfs", "erofs"]
     assert doc["cache"] == {"entry_timeout": 1.0, "attr_timeout": 1.0}
-    assert doc["log"] == {"audit": ""}
+    # SPEC 7 [log] gained level, target, file and syslog_socket (issue 15 item 1).
+    assert doc["log"] == {"audit": "", "level": "info", "target": "auto", "file": "",
+                          "syslog_socket": "/dev/log"}
     path = scratch / "defaults.toml"
     path.write_text(result.stdout)
     assert fusemount("config", "--check", str(path)).returncode == 0

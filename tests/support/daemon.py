@@ -106,6 +106,9 @@ def problems_in_log(text: str) -> list[str]:
     def bad(line: str) -> bool:
         if "Traceback (most recent call last)" in line or "Fatal Python error" in line:
             return True
+        # An audit record in the daemon log ("... AUDIT fusemount.audit: {json}"): only the
+        # part before the record says anything about the daemon's health.
+        line = line.split(" fusemount.audit: ", 1)[0]
         return not line.lstrip().startswith("{") and _LEVEL_WORD.search(line) is not None
 
     return [line for line in text.splitlines() if bad(line)]

@@ -130,21 +130,24 @@ def test_audit_concurrent_records_are_one_json_object_per_line(tmp_path: Path) -
         assert mine == list(range(per_thread))
 
 
-def test_audit_empty_path_writes_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+def test_audit_empty_path_writes_to_the_daemon_log_at_audit_level_issue_15(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Updated for issue 15: "" no longer means raw JSON on stderr but the daemon log, so the
+    # foreground shows one format; the record itself is still one JSON object.
+    from fusemount.logsetup import AUDIT, AUDIT_LOGGER
+
+    caplog.set_level(AUDIT)
+    root = logging.getLogger()
+    root.setLevel(logging.ERROR)  # log.level = "error" must not filter audit records out
     audit = AuditLog("")
     audit.record(uid=0, gid=0, pid=7, command="set a ro", ok=True)
-    audit.close()
-    out, err = capfd.readouterr()
-    assert out == ""
-    (line,) = err.splitlines()
-    assert json.loads(line)["command"] == "set a ro"
-
-
-def test_audit_stderr_mode_follows_sys_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    audit = AuditLog("")
     audit.record(uid=0, gid=0, pid=7, command="release a h", ok=False, errno_name="ENOENT")
-    record = json.loads(capsys.readouterr().err)
-    assert record["result"] == "ENOENT"
+    audit.close()
+    records = [r for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert [r.levelno for r in records] == [AUDIT, AUDIT]
+    assert json.loads(records[0].getMessage())["command"] == "set a ro"
+    assert json.loads(records[1].getMessage())["result"] == "ENOENT"
 
 
 def test_audit_write_errors_are_logged_once_and_never_raise(
