@@ -181,8 +181,6 @@ def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
 
 
 def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
-    limits = ctx.config.limits
-
     def subtrees() -> list[tuple[dict[str, str], float]]:
         out = {"attached": 0.0, "failed": 0.0}
         for _, spec in ctx.table:
@@ -202,6 +200,7 @@ def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
                              lambda: [({}, float(len(os.listdir("/proc/self/fd"))))])
 
     def limit_rows() -> list[tuple[dict[str, str], float]]:
+        limits = ctx.config.limits  # looked up each time: SIGHUP may have changed them
         return [
             ({"limit": "max_subtrees"}, float(limits.max_subtrees)),
             ({"limit": "max_subtrees_per_user"}, float(limits.max_subtrees_per_user)),
@@ -363,6 +362,7 @@ class _Service:
         ctx.inodes.max_inodes = new.limits.max_inodes
         self.ops.entry_timeout = new.cache.entry_timeout
         self.ops.attr_timeout = new.cache.attr_timeout
+        self.ops.offloader.timeout_s = new.limits.request_timeout_s
         ctx.config = new
         if new.performance != old.performance:
             log.info("reload: [performance] changes take effect at the next start")

@@ -215,6 +215,8 @@ def test_sighup_reloads_admins_and_limits_and_keeps_the_view_mounted_issue_15(
         _hup(view, '[access]\nadmins = ["root", "fmt_alice"]\n[limits]\nmax_subtrees = 1\n')
         assert ctl_as(users.alice, view.path, "hold data H").errno is None
         assert view.err(f"attach more {second}") == errno.ENOSPC
+        metrics = (view.path / ".fusemount" / "metrics").read_text()
+        assert 'fusemount_limit{limit="max_subtrees"} 1' in metrics
         # A config that does not load is logged; the running one stays, nothing unmounts.
         _hup(view, "[access\nadmins = [")
         assert "reload refused, keeping the running configuration" in view.daemon.stderr_text()
