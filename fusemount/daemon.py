@@ -16,6 +16,7 @@ import resource
 import signal
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -332,6 +333,14 @@ class _Service:
     async def reload(self) -> None:
         """Reopen log files, then apply the config file again where it can change live.
         A config that does not load is logged and the running one kept; never unmounts."""
+        # systemd's reload protocol (Type=notify-reload too): RELOADING=1 ... READY=1.
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self._reload()
+        finally:
+            sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.ctx.live)} subtrees")
+
+    async def _reload(self) -> None:
         self.daemon_log.reopen()
         self.controller.audit.reopen()
         try:

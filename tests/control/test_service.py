@@ -325,3 +325,29 @@ def test_declared_subtrees_attach_at_start_and_reconcile_on_sighup_issue_15(
     view.restart(_declared(f'name = "two"\nsource = "{two}"'))
     assert {r["name"] for r in view.mounts_json()} == {"two", "mine"}
     assert not any(line.startswith("{") for line in view.daemon.stderr_text().splitlines())
+
+
+@pytest.mark.timeout(60)
+def test_sighup_follows_systemds_reload_protocol_issue_15(scratch: Path) -> None:
+    sock_path = scratch / "notify.sock"
+    view = make_dir(scratch, "mnt")
+    with _syslog(sock_path) as sock:
+        sock.settimeout(15)
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO_ROOT))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fusemount", "serve", str(view), "--state",
+             str(scratch / "state.json")], env=env, stderr=subprocess.DEVNULL)
+        try:
+            assert "READY=1" in sock.recv(4096).decode()
+            proc.send_signal(signal.SIGHUP)
+            reloading = sock.recv(4096).decode()
+            assert "RELOADING=1" in reloading and "MONOTONIC_USEC=" in reloading
+            assert "READY=1" in sock.recv(4096).decode()
+            assert proc.poll() is None and is_mounted(view)
+            proc.terminate()
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            lazy_unmount(view)
