@@ -423,6 +423,9 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
     controller = Controller(ctx, store, audit, lambda verb, result: metrics.inc(
         "fusemount_control_commands_total", {"verb": verb, "result": result}))
     metrics.describe("fusemount_control_commands_total", "Control commands by verb and result")
+    metrics.set_gauge_source(
+        "fusemount_audit_records_suppressed", "Refusal records summed up, not written (SPEC 6)",
+        lambda: [({}, float(controller.audit.suppressed))])
     restore(ctx, specs)
 
     ops = Ops(ctx)

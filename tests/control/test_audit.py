@@ -8,6 +8,7 @@ import datetime
 import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -130,6 +131,9 @@ for _ in range(200):
 print(json.dumps(sorted(set(codes))))
 """, timeout_s=100)
     assert codes == [errno.E2BIG]
+    metrics = (view.path / ".fusemount" / "metrics").read_text()
+    assert re.search(r"^fusemount_audit_records_suppressed (\d+)", metrics, re.M)
+    assert "fusemount_audit_records_suppressed 0" not in metrics
     assert view.daemon.stop() == 0  # closing the log writes the pending summary
     size = audit.stat().st_size
     assert size <= FLOOD_BOUND_BYTES, size
