@@ -21,9 +21,12 @@ import json
 import logging
 import shlex
 
+from fusemount import principals
 from fusemount.control import Controller
+from fusemount.core import protocol
 from fusemount.core.config import decl_command, decl_set_command
-from fusemount.core.records import Caller, Kind, State, SubtreeDecl, SubtreeSpec
+from fusemount.core.protocol import Attach, Mount
+from fusemount.core.records import Caller, ControlError, Kind, State, SubtreeDecl, SubtreeSpec
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
     for decl in decls:
         found = controller.ctx.table.get(decl.name)
         current = None if found is None else found[1]
+        if current is not None and current.declared and _up_to_date(current, decl):
+            continue  # nothing to do: no command, no audit record on every reload
         replaced = current is not None and current.state is State.ATTACHED and not (
             _same_source(current, decl))
         if replaced and not await _detach(controller, decl.name, "its declared source changed"):
@@ -50,6 +55,21 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
             log.warning("declared subtree %s not attached: %s", decl.name, message)
             continue
         controller.mark_declared(decl.name)
+
+
+def _up_to_date(spec: SubtreeSpec, decl: SubtreeDecl) -> bool:
+    """Is spec attached exactly as decl says (source, ro, owner, grants)?"""
+    if spec.state is not State.ATTACHED or not _same_source(spec, decl):
+        return False
+    command = protocol.parse(decl_command(decl).encode("utf-8", "surrogateescape"), 1 << 20)
+    assert isinstance(command, Attach | Mount), command
+    try:
+        owner = principals.uid_of(command.owner or "root")
+        grants = principals.grants_of(command.allow) if command.allow else ()
+    except ControlError:
+        return False  # a user that vanished: let the command say so
+    policy = spec.policy
+    return (policy.ro, policy.owner, set(policy.grants)) == (decl.ro, owner, set(grants))
 
 
 def _same_source(spec: SubtreeSpec, decl: SubtreeDecl) -> bool:

@@ -308,6 +308,10 @@ def test_declared_subtrees_attach_at_start_and_reconcile_on_sighup_issue_15(
     assert set(records) == {"one", "two", "mine"}
     assert records["one"].get("ro") is False
     (view.path / "one" / "g").write_text("rw now")
+    # A reload with nothing to change runs no command (and writes no audit record).
+    audited = view.daemon.stderr_text().count(" AUDIT fusemount.audit: ")
+    _hup(view)
+    assert view.daemon.stderr_text().count(" AUDIT fusemount.audit: ") == audited
     # A dropped subtree with a file open under it stays, and goes once it is free.
     (two / "busy").write_text("b")
     with open(view.path / "two" / "busy"):
