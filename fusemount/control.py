@@ -359,6 +359,18 @@ class Controller:
         if found is not None and not found[1].declared:
             self._change(found[1], dataclasses.replace(found[1], declared=True))
 
+    def record_failed(self, spec: SubtreeSpec) -> None:
+        """List a declared subtree that could not be attached, as failed with its reason
+        (SPEC 8), if its name is free. Raises ControlError if the state file fails."""
+        if self.ctx.table.get(spec.name) is not None:
+            return
+        self.ctx.table.add(spec)
+        try:
+            self._save()
+        except ControlError:
+            self.ctx.table.remove(spec.name)
+            raise
+
     def expire(self, name: str) -> None:
         """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
         found = self.ctx.table.get(name)

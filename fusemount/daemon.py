@@ -145,6 +145,11 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
     A source whose identity changed, or that fails a check, stays listed as failed.
     """
     for spec in specs:
+        if spec.identity is None and spec.state is State.FAILED:
+            # Never attached (a declared subtree whose source failed): nothing to compare;
+            # the config's reconciliation tries it again.
+            ctx.table.add(spec)
+            continue
         try:
             opened = _reopen(ctx, spec)
         except (ControlError, OSError) as exc:

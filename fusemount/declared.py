@@ -26,7 +26,15 @@ from fusemount.control import Controller
 from fusemount.core import protocol
 from fusemount.core.config import decl_command, decl_set_command
 from fusemount.core.protocol import Attach, Mount
-from fusemount.core.records import Caller, ControlError, Kind, State, SubtreeDecl, SubtreeSpec
+from fusemount.core.records import (
+    Caller,
+    ControlError,
+    Kind,
+    Policy,
+    State,
+    SubtreeDecl,
+    SubtreeSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,29 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
             code, message = await _run(controller, decl_set_command(decl))
         if code:
             log.warning("declared subtree %s not attached: %s", decl.name, message)
+            if controller.ctx.table.get(decl.name) is None:
+                # Listed as failed with the reason, as a subtree failing at restart is (SPEC 8).
+                _record_failed(controller, decl, message)
             continue
-        controller.mark_declared(decl.name)
+        try:
+            controller.mark_declared(decl.name)
+        except ControlError as exc:
+            log.warning("declared subtree %s: %s", decl.name, exc.message)
+
+
+def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str) -> None:
+    try:
+        owner = principals.uid_of(decl.owner or "root")
+    except ControlError:
+        owner = 0
+    spec = SubtreeSpec(
+        name=decl.name, kind=Kind.MOUNT if decl.fstype else Kind.ATTACH, source=decl.source,
+        identity=None, policy=Policy(owner=owner, ro=decl.ro), fstype=decl.fstype,
+        options=decl.options, state=State.FAILED, reason=reason, declared=True)
+    try:
+        controller.record_failed(spec)
+    except ControlError as exc:
+        log.warning("declared subtree %s: %s", decl.name, exc.message)
 
 
 def _up_to_date(spec: SubtreeSpec, decl: SubtreeDecl) -> bool:

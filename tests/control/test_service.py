@@ -355,3 +355,23 @@ def test_sighup_follows_systemds_reload_protocol_issue_15(scratch: Path) -> None
                 proc.kill()
                 proc.wait()
             lazy_unmount(view)
+
+
+@pytest.mark.daemon_log_ok
+@pytest.mark.timeout(90)
+def test_declared_subtree_that_cannot_attach_is_listed_failed_and_retried_issue_15(
+    view_factory: ViewFactory, scratch: Path
+) -> None:
+    missing = scratch / "later"
+    view = view_factory(_declared(f'name = "later"\nsource = "{missing}"'))
+    record = record_of(view.mounts_json(), "later")
+    assert record["state"] == "failed" and "later" in str(record["reason"])
+    assert "declared subtree later not attached" in view.daemon.stderr_text()
+    # Still failed after a restart, and attached by the first reload once the source exists.
+    view.restart()
+    assert record_of(view.mounts_json(), "later")["state"] == "failed"
+    missing.mkdir()
+    (missing / "f").write_text("here")
+    _hup(view)
+    assert record_of(view.mounts_json(), "later")["state"] == "attached"
+    assert (view.path / "later" / "f").read_text() == "here"
