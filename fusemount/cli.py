@@ -13,7 +13,7 @@ import time
 
 from fusemount import __version__, wrappers
 from fusemount.core.config import ConfigError, defaults_toml, load_config
-from fusemount.daemon import ServeError, ServeOptions, serve, serving_pid
+from fusemount.daemon import ServeError, ServeOptions, serve, signal_daemon
 
 EPILOG_SERVE = """example:
   fusemount serve /mnt/view --state /var/lib/fusemount/state.json --background
@@ -170,7 +170,7 @@ def _background(args: argparse.Namespace) -> int:
 def stop(view: str, timeout_s: float) -> int:
     try:
         # Only the process holding the view's pidfile lock is signalled (issue 12 item 14).
-        pid = serving_pid(view)
+        pid = signal_daemon(view, signal.SIGTERM)
     except ServeError as exc:
         print(f"fusemount: {exc}", file=sys.stderr)
         return 1
@@ -180,7 +180,6 @@ def stop(view: str, timeout_s: float) -> int:
             return 0 if rc == 0 else 1
         print(f"fusemount: no daemon serves {view}", file=sys.stderr)
         return 1
-    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not os.path.exists(f"/proc/{pid}"):

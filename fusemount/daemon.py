@@ -90,6 +90,21 @@ def serving_pid(view: str) -> int:
     return holder.pid
 
 
+def signal_daemon(view: str, signum: int) -> int:
+    """Send signum to the daemon serving view (serving_pid's checks and errors); returns its
+    pid. Through a pidfd checked against the lock again, so a pid reused in between is never
+    signalled."""
+    pid = serving_pid(view)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if serving_pid(view) != pid:
+            raise ServeError(f"the daemon serving {view} changed while stopping it")
+        signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
+    return pid
+
+
 def _umount_detach(path: str) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.umount2(os.fsencode(path), MNT_DETACH) != 0:
