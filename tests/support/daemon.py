@@ -99,8 +99,8 @@ def lazy_unmount(path: Path) -> bool:
 def problems_in_log(text: str) -> list[str]:
     """Lines of daemon output that should fail a test: tracebacks, WARNING/ERROR/CRITICAL lines.
 
-    JSON lines (the audit log goes to stderr by default) are checked for tracebacks only: a
-    command's text may legitimately contain any word.
+    Audit records (in the daemon log by default, as `... AUDIT fusemount.audit: {JSON}`) and
+    bare JSON lines are checked for tracebacks only: a command's text may contain any word.
     """
 
     def bad(line: str) -> bool:
