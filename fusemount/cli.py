@@ -381,21 +381,18 @@ def stop(view: str, timeout_s: float, *, force: bool = False, as_json: bool = Fa
             return _fail(f"{view}: target is busy: in use by {shown}{more}; "
                          "close them or use --force", "EBUSY", as_json=as_json,
                          show_errno=True)
-    from fusemount.daemon import pidfile_for
+    from fusemount.daemon import ServeError, signal_daemon
 
-    path = pidfile_for(view)
     try:
-        with open(path, encoding="ascii") as f:
-            pid = int(f.read().strip())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"fusemount" not in f.read():
-                raise ProcessLookupError
-    except (OSError, ValueError, ProcessLookupError):
+        # Only the process holding the view's pidfile lock is signalled (issue 12 item 14).
+        pid = signal_daemon(view, signal.SIGTERM)
+    except ServeError as exc:
+        return _fail(str(exc), "EPERM", as_json=as_json)
+    except OSError:
         if os.path.ismount(view):
             rc = subprocess.call(["umount", view])
             return EXIT_OK if rc == 0 else EXIT_FAILURE
         return _fail(f"no daemon serves {view}", "ESRCH", as_json=as_json)
-    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not os.path.exists(f"/proc/{pid}"):

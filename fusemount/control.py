@@ -72,11 +72,14 @@ class Controller:
     def _record(self, caller: Caller, text: str, verb: str, code: int, message: str,
                 changes: dict[str, object] | None) -> None:
         name = errno.errorcode.get(code, str(code)) if code else None
-        self.audit.record(uid=caller.uid, gid=caller.gid, pid=caller.pid, command=text,
-                          ok=not code, errno_name=name, message=message, changes=changes)
+        # Admins' refusals are never throttled: only others can flood the log (SPEC 6).
+        throttle = bool(code) and not self._is_admin(caller)
+        written = self.audit.record(uid=caller.uid, gid=caller.gid, pid=caller.pid,
+                                    command=text, ok=not code, errno_name=name, message=message,
+                                    changes=changes, throttle=throttle)
         self.count(verb, name or "ok")
-        if code:
-            log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message)
+        if code and written:
+            log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message[:200])
 
     def _dispatch(self, caller: Caller,
                   command: Command) -> tuple[dict[str, object], dict[str, object]]:
@@ -132,8 +135,10 @@ class Controller:
         return fields
 
     def _existing(self, caller: Caller, name: str, identity: Identity | None, holder: str | None,
+                  policy: Policy, options: str = "",
                   ) -> tuple[dict[str, object], dict[str, object]] | None:
-        """attach/mount on a taken name: same source adds the holder, another is EEXIST."""
+        """attach/mount on a taken name: the same source with the same options adds the holder
+        (or is a no-op); another source, or other options, is EEXIST (SPEC 4)."""
         found = self.ctx.table.get(name)
         if found is None:
             return None
@@ -142,6 +147,7 @@ class Controller:
             return None  # re-attaching a failed subtree replaces it (SPEC 8)
         if not same_source(spec.identity, identity):
             raise ControlError(errno.EEXIST, f"name {name} is taken by another source")
+        _require_same_options(spec, policy, options)
         if holder is None or holder in spec.holders:
             return self._reply_fields(spec, None), {}
         self._own_or_hidden(caller, spec, "hold")
@@ -202,7 +208,7 @@ class Controller:
         opened = sources.open_attach_source(cmd.source, access_cfg, caller,
                                             self_service=not is_admin, ro=cmd.ro)
         try:
-            result = self._existing(caller, cmd.name, opened.identity, cmd.holder)
+            result = self._existing(caller, cmd.name, opened.identity, cmd.holder, policy)
         except BaseException:
             opened.close()
             raise
@@ -228,7 +234,7 @@ class Controller:
         if existing is not None and existing[1].state is not State.FAILED:
             if existing[1].kind is not Kind.MOUNT or existing[1].fstype != cmd.fstype:
                 raise ControlError(errno.EEXIST, f"name {cmd.name} is taken by another source")
-            result = self._existing(caller, cmd.name, identity, cmd.holder)
+            result = self._existing(caller, cmd.name, identity, cmd.holder, policy, cmd.options)
             assert result is not None
             return result
         self._room(caller, cmd.name, policy.owner)
@@ -346,6 +352,25 @@ class Controller:
             live.close()
         self._pending.append(live)
 
+    def mark_declared(self, name: str) -> None:
+        """Remember that the config declares name (issue 15: `[[subtree]]` tables), so that
+        dropping it from the config detaches it. Raises ControlError if the state file fails."""
+        found = self.ctx.table.get(name)
+        if found is not None and not found[1].declared:
+            self._change(found[1], dataclasses.replace(found[1], declared=True))
+
+    def record_failed(self, spec: SubtreeSpec) -> None:
+        """List a declared subtree that could not be attached, as failed with its reason
+        (SPEC 8), if its name is free. Raises ControlError if the state file fails."""
+        if self.ctx.table.get(spec.name) is not None:
+            return
+        self.ctx.table.add(spec)
+        try:
+            self._save()
+        except ControlError:
+            self.ctx.table.remove(spec.name)
+            raise
+
     def expire(self, name: str) -> None:
         """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
         found = self.ctx.table.get(name)
@@ -366,3 +391,18 @@ class Controller:
         pending, self._pending = self._pending, []
         for subtree in pending:
             await self.ctx.invalidate(subtree)
+
+
+def _require_same_options(spec: SubtreeSpec, policy: Policy, options: str) -> None:
+    """A repeated attach/mount must ask for what the subtree already is: a silent success
+    would let the caller believe e.g. that a read-write subtree is now read-only (SPEC 4).
+    Omitted owner=/allow= mean their defaults (the caller; no grants), as on a first attach."""
+    differs = [word for word, same in (
+        ("ro", spec.policy.ro == policy.ro),
+        ("owner", spec.policy.owner == policy.owner),
+        ("allow", set(spec.policy.grants) == set(policy.grants)),
+        ("options", spec.kind is not Kind.MOUNT or spec.options == options),
+    ) if not same]
+    if differs:
+        raise ControlError(errno.EEXIST, f"{spec.name} is already attached with other "
+                           f"{'/'.join(differs)}: use set to change it")

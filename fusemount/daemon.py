@@ -16,13 +16,14 @@ import resource
 import signal
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pyfuse3
 import trio
 
-from fusemount import principals, sdnotify
+from fusemount import daemonfiles, declared, principals, sdnotify
 from fusemount.audit import AuditLog
 from fusemount.control import Controller
 from fusemount.core.config import ConfigError, load_config
@@ -31,6 +32,7 @@ from fusemount.core.records import Caller, Config, ControlError, Kind, State, Su
 from fusemount.core.subtrees import SubtreeTable, same_source
 from fusemount.host import sources
 from fusemount.host.cpulatency import CpuLatencyRequest
+from fusemount.logsetup import DaemonLog
 from fusemount.metrics import Metrics
 from fusemount.state import StateError, StateStore
 from fusemount.view import errors as view_errors
@@ -44,7 +46,7 @@ from fusemount.view.ops import Ops
 
 log = logging.getLogger("fusemount")
 
-RUN_DIR = "/run/fusemount"
+RUN_DIR = daemonfiles.RUN_DIR
 MNT_DETACH = 2
 _ROOT = Caller(0, 0, 0)
 
@@ -57,7 +59,7 @@ class ServeError(Exception):
 class ServeOptions:
     view: str
     config_path: str | None = None
-    state_path: str = "/var/lib/fusemount/state.json"
+    state_path: str | None = None  # None: one per view, daemonfiles.default_state_path (SPEC 8)
     debug: bool = False
     demo: str | None = None
     notify_fd: int = -1  # --background: write "ready" or "error: ..." here
@@ -65,8 +67,43 @@ class ServeOptions:
 
 
 def pidfile_for(view: str) -> str:
-    key = os.path.realpath(view).strip("/").replace("/", "_") or "root"
-    return os.path.join(RUN_DIR, f"{key}.pid")
+    return daemonfiles.pidfile_path(os.path.realpath(view))
+
+
+def serving_pid(view: str) -> int:
+    """The pid of the daemon that serves view, as the kernel's lock on its pidfile proves.
+
+    Raises FileNotFoundError if there is no pidfile, ProcessLookupError if no process holds
+    it (stale), ServeError if it names another pid than its holder or may not be trusted (a
+    symlink, or writable by others): `stop` must never signal a process it merely read.
+    """
+    path = pidfile_for(view)
+    try:
+        holder = daemonfiles.holder_of(path)
+    except daemonfiles.UnsafeFile as exc:
+        raise ServeError(f"pidfile {exc.strerror}") from None
+    if holder is None:
+        raise ProcessLookupError(errno.ESRCH, f"no daemon holds the pidfile {path} (stale)")
+    claimed = holder.text.split()[0] if holder.text else ""
+    if claimed != str(holder.pid):
+        raise ServeError(f"pidfile {path} names pid {claimed or '?'} but pid {holder.pid} "
+                         "holds it: refusing to signal either")
+    return holder.pid
+
+
+def signal_daemon(view: str, signum: int) -> int:
+    """Send signum to the daemon serving view (serving_pid's checks and errors); returns its
+    pid. Through a pidfd checked against the lock again, so a pid reused in between is never
+    signalled."""
+    pid = serving_pid(view)
+    pidfd = os.pidfd_open(pid)
+    try:
+        if serving_pid(view) != pid:
+            raise ServeError(f"the daemon serving {view} changed while stopping it")
+        signal.pidfd_send_signal(pidfd, signum)
+    finally:
+        os.close(pidfd)
+    return pid
 
 
 def _umount_detach(path: str) -> None:
@@ -124,6 +161,11 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
     A source whose identity changed, or that fails a check, stays listed as failed.
     """
     for spec in specs:
+        if spec.identity is None and spec.state is State.FAILED:
+            # Never attached (a declared subtree whose source failed): nothing to compare;
+            # the config's reconciliation tries it again.
+            ctx.table.add(spec)
+            continue
         try:
             opened = _reopen(ctx, spec)
         except (ControlError, OSError) as exc:
@@ -161,8 +203,6 @@ def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
 
 
 def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
-    limits = ctx.config.limits
-
     def subtrees() -> list[tuple[dict[str, str], float]]:
         out = {"attached": 0.0, "failed": 0.0}
         for _, spec in ctx.table:
@@ -182,6 +222,7 @@ def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
                              lambda: [({}, float(len(os.listdir("/proc/self/fd"))))])
 
     def limit_rows() -> list[tuple[dict[str, str], float]]:
+        limits = ctx.config.limits  # looked up each time: SIGHUP may have changed them
         return [
             ({"limit": "max_subtrees"}, float(limits.max_subtrees)),
             ({"limit": "max_subtrees_per_user"}, float(limits.max_subtrees_per_user)),
@@ -212,14 +253,22 @@ def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
 
 @contextlib.contextmanager
 def _pidfile(path: str) -> Iterator[None]:
-    os.makedirs(RUN_DIR, mode=0o755, exist_ok=True)
-    with open(path, "w", encoding="ascii") as f:
-        f.write(f"{os.getpid()}\n")
+    """Write and lock the pidfile for the daemon's life; its lock is what `stop` trusts."""
     try:
+        daemonfiles.make_dirs(os.path.dirname(path), 0o755)
+        fd = daemonfiles.open_own(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ServeError(f"pidfile {path}: {exc.strerror}") from None
+    try:
+        if not daemonfiles.try_lock(fd):
+            raise ServeError(f"pidfile {path} is held by pid {daemonfiles.lock_holder(fd)}")
+        daemonfiles.write_whole(fd, f"{os.getpid()}\n")
         yield
     finally:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            if daemonfiles.lock_holder(fd) is None:  # still ours: nobody else may hold it
+                os.unlink(path)
+        os.close(fd)
 
 
 def _notify(fd: int, message: str) -> None:
@@ -230,17 +279,140 @@ def _notify(fd: int, message: str) -> None:
 
 
 def serve(opts: ServeOptions) -> int:
+    """Run the daemon until it is stopped; 0 on a clean stop, 1 with a one-line reason."""
+    early = _EarlySignals()  # first of all: a stop sent during start-up is not lost
     try:
-        return _serve(opts)
+        opts = _resolved(opts)
+        # Nothing may pin the directory serve was started in (mount(8)'s, say).
+        os.chdir("/")
+        return _serve(opts, early)
     except ServeError as exc:
         print(f"fusemount: {exc}", file=sys.stderr)
+        if opts.notify_fd >= 0:
+            log.error("%s", exc)  # detached: stderr is /dev/null, the daemon log is not
         _notify(opts.notify_fd, f"error: {exc}")
         return 1
 
 
-def _serve(opts: ServeOptions) -> int:
+def _resolved(opts: ServeOptions) -> ServeOptions:
+    """Every path made absolute against the starting directory, before chdir("/")
+    (issue 15: a relative `state=` wrote into whatever directory mount(8) ran in)."""
     view = os.path.abspath(opts.view)
+    return replace(
+        opts, view=view,
+        config_path=None if opts.config_path is None else os.path.abspath(opts.config_path),
+        state_path=os.path.abspath(opts.state_path) if opts.state_path
+        else daemonfiles.default_state_path(os.path.realpath(view)),
+        demo=None if opts.demo is None else os.path.abspath(opts.demo))
+
+
+class _EarlySignals:
+    """SIGTERM, SIGINT and SIGHUP from the start until trio's receiver takes over (and again
+    after it is gone): remembered, not fatal, so a stop sent during start-up or right after
+    READY=1 still ends in a clean unmount and exit 0 (issue 15 item 4)."""
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+        for signum in _SIGNALS:
+            signal.signal(signum, self._remember)
+
+    def _remember(self, signum: int, frame: object) -> None:
+        self.pending.append(signum)
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _audit_path(config: Config, view: str, detached: bool) -> str:
+    if config.log.audit or not detached:
+        return config.log.audit
+    return daemonfiles.default_audit_path(os.path.realpath(view))
+
+
+def _open_audit(path: str) -> AuditLog:
+    """The audit log at path ("" = the daemon log), opened as one of our own files."""
+    try:
+        if path and os.path.dirname(path) == daemonfiles.DEFAULT_LOG_DIR:
+            daemonfiles.make_dirs(daemonfiles.DEFAULT_LOG_DIR, 0o750)
+        return AuditLog(path, opener=lambda name: daemonfiles.open_own(
+            name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise ServeError(f"audit log {path}: {exc.strerror or exc}") from None
+
+
+@dataclass(eq=False)
+class _Service:
+    """What a running daemon needs to reload itself on SIGHUP (issue 15 item 3)."""
+
+    opts: ServeOptions
+    ctx: ViewContext
+    controller: Controller
+    ops: Ops
+    daemon_log: DaemonLog
+    early: _EarlySignals
+
+    async def reload(self) -> None:
+        """Reopen log files, then apply the config file again where it can change live.
+        A config that does not load is logged and the running one kept; never unmounts."""
+        # systemd's reload protocol (Type=notify-reload too): RELOADING=1 ... READY=1.
+        sdnotify.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            await self._reload()
+        finally:
+            sdnotify.notify(f"READY=1\nSTATUS=serving {len(self.ctx.live)} subtrees")
+
+    async def _reload(self) -> None:
+        self.daemon_log.reopen()
+        self.controller.audit.reopen()
+        try:
+            new = read_config(self.opts.config_path)
+        except ServeError as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        old = self.ctx.config
+        detached = self.opts.notify_fd >= 0
+        audit_path = _audit_path(new, self.opts.view, detached)
+        try:
+            if new.log != old.log:
+                self.daemon_log.apply(new.log, self.opts.debug)
+            audit = self.controller.audit
+            if audit_path != audit.path:
+                audit = _open_audit(audit_path)
+        except (OSError, ServeError) as exc:
+            log.error("reload refused, keeping the running configuration: %s", exc)
+            return
+        if audit is not self.controller.audit:
+            self.controller.audit.close()
+            self.controller.audit = audit
+        ctx = self.ctx
+        ctx.rules = Rules(principals.resolve_admins(new.access.admins), new.access)
+        ctx.table.limits = new.limits
+        ctx.handles.max_open_files = new.limits.max_open_files
+        ctx.inodes.max_cached_fds = new.limits.max_cached_fds
+        ctx.inodes.max_inodes = new.limits.max_inodes
+        self.ops.entry_timeout = new.cache.entry_timeout
+        self.ops.attr_timeout = new.cache.attr_timeout
+        self.ops.offloader.timeout_s = new.limits.request_timeout_s
+        ctx.config = new
+        if new.performance != old.performance:
+            log.info("reload: [performance] changes take effect at the next start")
+        await declared.reconcile(self.controller, new.subtrees)
+        # Grants and admins may have changed: nothing cached may outlive them (SPEC 5).
+        for live in list(ctx.live.values()):
+            await ctx.invalidate(live)
+        log.info("reloaded %s", self.opts.config_path or "the built-in defaults")
+
+
+def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
+    view = opts.view
+    assert opts.state_path is not None  # _resolved() chose one
+    detached = opts.notify_fd >= 0
     config = read_config(opts.config_path)
+    daemon_log = DaemonLog(os.path.realpath(view), detached)
+    try:
+        daemon_log.apply(config.log, opts.debug)
+    except OSError as exc:
+        raise ServeError(f"log: {exc.strerror or exc}") from None
     prepare_view(view)
     # Resolved now: once the view is mounted, a path walk through it would ask this very
     # process, which is not serving requests yet.
@@ -249,13 +421,13 @@ def _serve(opts: ServeOptions) -> int:
     os.umask(0)  # the kernel applied the caller's umask already; ours must not apply again
     store = StateStore(opts.state_path)
     try:
+        # Held for the daemon's life (the descriptor is never closed): one daemon per
+        # state file (SPEC 8).
+        store.lock(view)
         specs = store.load()
     except StateError as exc:
         raise ServeError(str(exc)) from None
-    try:
-        audit = AuditLog(config.log.audit)
-    except OSError as exc:
-        raise ServeError(f"audit log {config.log.audit}: {exc.strerror}") from None
+    audit = _open_audit(_audit_path(config, view, detached))
 
     rules = Rules(principals.resolve_admins(config.access.admins), config.access)
     inodes = InodeTable(config.limits.max_cached_fds, config.limits.max_inodes)
@@ -273,6 +445,9 @@ def _serve(opts: ServeOptions) -> int:
     controller = Controller(ctx, store, audit, lambda verb, result: metrics.inc(
         "fusemount_control_commands_total", {"verb": verb, "result": result}))
     metrics.describe("fusemount_control_commands_total", "Control commands by verb and result")
+    metrics.set_gauge_source(
+        "fusemount_audit_records_suppressed", "Refusal records summed up, not written (SPEC 6)",
+        lambda: [({}, float(controller.audit.suppressed))])
     restore(ctx, specs)
 
     ops = Ops(ctx)
@@ -283,19 +458,21 @@ def _serve(opts: ServeOptions) -> int:
                 "allow_other", "nosuid", "nodev", "default_permissions"}
     if opts.debug:
         options.add("debug")
+    service = _Service(opts, ctx, controller, ops, daemon_log, early)
     with contextlib.ExitStack() as stack:
-        stack.callback(audit.close)
+        stack.callback(daemon_log.close)
+        stack.callback(lambda: controller.audit.close())
         stack.callback(_close_sources, ctx)
+        stack.enter_context(_pidfile(pidfile))
         try:
             pyfuse3.init(ops, view, options)
         except RuntimeError as exc:
             raise ServeError(f"cannot mount {view}: {exc}") from None
         stack.callback(_unmount)
         ctx.mounted = True
-        stack.enter_context(_pidfile(pidfile))
         log.info("serving %s with %d subtrees", view, len(ctx.table))
-        trio.run(_run, ctx, controller, ops, opts, latency)
-    log.info("stopped cleanly")
+        trio.run(_run, service, latency)
+        log.info("stopped cleanly")
     return 0
 
 
@@ -319,35 +496,58 @@ def _close_sources(ctx: ViewContext) -> None:
     ctx.live.clear()
 
 
-async def _run(ctx: ViewContext, controller: Controller, ops: Ops,
-               opts: ServeOptions, latency: CpuLatencyRequest) -> None:
+async def _run(service: _Service, latency: CpuLatencyRequest) -> None:
+    ctx, controller, opts = service.ctx, service.controller, service.opts
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals)
-        nursery.start_soon(_housekeeping, ctx, controller, ops)
+        # Installed before READY=1 and before --background's parent returns (issue 15).
+        await nursery.start(_signals, service)
+        nursery.start_soon(_housekeeping, ctx, controller, service.ops)
         if ctx.config.performance.busy_poll:
             busy = BusyPoll(latency, lambda: view_errors.sink.requests)
             view_errors.sink.on_burst = busy.on_burst
             view_errors.sink.burst_every = ENGAGE_COUNT
             nursery.start_soon(busy.run)
+        nursery.start_soon(_fuse_main, nursery.cancel_scope)
         if opts.demo and ctx.table.get("demo") is None:
-            src = os.path.abspath(opts.demo)
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),
-                                                   f"attach demo {src}".encode())
+                                                   f"attach demo {opts.demo}".encode())
             if code:
                 log.warning("demo subtree not attached: %s", reply.decode().strip())
+        await declared.reconcile(controller, ctx.config.subtrees)
         _notify(opts.notify_fd, "ready")
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(ctx.live)} subtrees\nMAINPID={os.getpid()}")
-        await pyfuse3.main(min_tasks=1, max_tasks=64)
-        sdnotify.notify("STOPPING=1")
-        nursery.cancel_scope.cancel()
 
 
-async def _signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+async def _fuse_main(scope: trio.CancelScope) -> None:
+    await pyfuse3.main(min_tasks=1, max_tasks=64)
+    sdnotify.notify("STOPPING=1")
+    scope.cancel()
+
+
+async def _signals(service: _Service,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """TERM/INT stop the daemon cleanly; HUP reloads (issue 15 item 3) and never stops it."""
+    with trio.open_signal_receiver(*_SIGNALS) as received:
+        task_status.started()
+        early, service.early.pending = service.early.pending, []
+        for signum in early:  # arrived while starting up
+            if await _on_signal(service, signum):
+                return
         async for signum in received:
-            log.info("signal %s: stopping", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+            if await _on_signal(service, signum):
+                return
+
+
+async def _on_signal(service: _Service, signum: int) -> bool:
+    """Act on one signal; True once the daemon is stopping."""
+    name = signal.Signals(signum).name
+    if signum == signal.SIGHUP:
+        log.info("signal %s: reloading", name)
+        await service.reload()
+        return False
+    log.info("signal %s: stopping", name)
+    pyfuse3.terminate()
+    return True
 
 
 async def _housekeeping(ctx: ViewContext, controller: Controller, ops: Ops) -> None:
@@ -361,4 +561,5 @@ async def _housekeeping(ctx: ViewContext, controller: Controller, ops: Ops) -> N
             expire = live.spec.expire_s
             if expire > 0 and live.open_files == 0 and now - live.last_access >= expire:
                 controller.expire(live.name)
+        controller.audit.flush_suppressed()
         await controller.flush_pending()

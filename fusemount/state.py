@@ -24,6 +24,7 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
+from fusemount import daemonfiles
 from fusemount.core.records import (
     Access,
     Grant,
@@ -93,15 +94,20 @@ class StateStore:
         """
         self._ensure_dir()
         try:
-            with open(self.path, "rb") as f:
-                raw = f.read()
+            fd = daemonfiles.open_own(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            if os.path.lexists(self.path):
-                # A dangling symlink: something was meant to be here.
-                raise StateError(
-                    f"state file {self.path}: dangling symlink; refusing to start empty"
-                ) from None
             return []
+        except daemonfiles.UnsafeFile as exc:
+            # A symlink or a file others may write could hand us a forged table (SPEC 8).
+            dangling = " (dangling symlink)" if not os.path.exists(self.path) else ""
+            raise StateError(f"state file {exc.strerror}{dangling}", exc.errno) from None
+        except OSError as exc:
+            raise StateError(
+                f"state file {self.path}: cannot read: {exc.strerror}", exc.errno
+            ) from exc
+        try:
+            with os.fdopen(fd, "rb") as f:
+                raw = f.read()
         except OSError as exc:
             raise StateError(
                 f"state file {self.path}: cannot read: {exc.strerror}", exc.errno
@@ -180,16 +186,40 @@ class StateStore:
             os.close(dir_fd)
 
     def _ensure_dir(self) -> None:
-        if os.path.isdir(self._dir):
-            return
         try:
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            # makedirs applies the umask; the table names every source, so 0700 exactly.
-            os.chmod(self._dir, 0o700)
+            # The table names every source: 0700 for each level made (SPEC 8).
+            daemonfiles.make_dirs(self._dir, 0o700)
+        except daemonfiles.UnsafeFile as exc:
+            raise StateError(f"state directory: {exc.strerror}", exc.errno) from None
         except OSError as exc:
             raise StateError(
                 f"state directory {self._dir}: cannot create: {exc.strerror}", exc.errno
             ) from exc
+
+    def lock(self, view: str) -> int:
+        """Lock the state file for this process's life (SPEC 8: one daemon per state file).
+
+        Returns the lock file's descriptor: keep it open, never close another descriptor of
+        that file. Raises StateError naming the holder (pid and view) if another has it.
+        """
+        self._ensure_dir()
+        path = self.path + ".lock"
+        try:
+            fd = daemonfiles.open_own(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"state lock {path}: {exc.strerror}", exc.errno) from None
+        try:
+            if not daemonfiles.try_lock(fd):
+                holder = daemonfiles.lock_holder(fd)
+                held_by = daemonfiles.read_small(fd).strip() or "another daemon"
+                raise StateError(
+                    f"state file {self.path} is in use by pid {holder} ({held_by})"
+                )
+            daemonfiles.write_whole(fd, f"pid {os.getpid()} serving {view}\n")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def _refuse_corrupt(self, raw: bytes, problem: str) -> NoReturn:
         kept = self._set_aside(raw)
@@ -290,6 +320,7 @@ def _encode_spec(spec: SubtreeSpec) -> dict[str, object]:
         "expire_s": spec.expire_s,
         "state": spec.state.value,
         "reason": spec.reason,
+        "declared": spec.declared,
     }
 
 
@@ -366,6 +397,7 @@ _SPEC_OPTIONAL = {
     "expire_s",
     "state",
     "reason",
+    "declared",
 }
 
 
@@ -407,6 +439,7 @@ def _decode_spec(value: object, where: str) -> SubtreeSpec:
         expire_s=f.float_("expire_s"),
         state=f.enum("state", State, State.ATTACHED),
         reason=f.str_("reason"),
+        declared=f.bool_("declared"),
     )
 
 

@@ -10,6 +10,7 @@ Serves the test side of SPEC 2 (clean stop) and SPEC 5 (real users).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from fusemount.daemonfiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, escape_path
 from tests.support.daemon import (
     VIEW_FSTYPE,
     Daemon,
@@ -46,8 +48,21 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs root")
 
 
+def _forget_default_files(root: Path) -> None:
+    """Remove the per-view default files (state, lock, log, audit) that detached daemons on
+    views under root made in /var/lib/fusemount and /var/log/fusemount (SPEC 8)."""
+    prefix = escape_path(str(root)) + "-"
+    for directory in (DEFAULT_STATE_DIR, DEFAULT_LOG_DIR):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(directory):
+                if name.startswith(prefix):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
+
+
 def _release_root(root: Path) -> list[str]:
     """Unmount anything left under root (reporting it), then remove root. Never raises."""
+    _forget_default_files(root)
     problems: list[str] = []
     try:
         for entry in mounts_under(root):

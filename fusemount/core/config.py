@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import math
 import re
+import shlex
 import tomllib
 from collections.abc import Callable
 from dataclasses import fields
 
+from fusemount.core import protocol
 from fusemount.core.protocol import FSTYPE_RE, is_principal
 from fusemount.core.records import (
     AccessConfig,
     CacheConfig,
     Config,
+    ControlError,
     Limits,
     LogConfig,
     PerformanceConfig,
+    SubtreeDecl,
 )
 
 # Inclusive bounds of every integer limit (SPEC 6). The lower bounds keep the daemon
@@ -42,6 +46,10 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
 TIMEOUT_MAX_S = 86400.0
 
 _BARE_KEY_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_TARGETS = ("auto", "stderr", "syslog", "file")
+_SUBTREE_KEYS = {f.name for f in fields(SubtreeDecl)}
 
 
 class ConfigError(ValueError):
@@ -62,6 +70,7 @@ def parse_config(text: str) -> Config:
     except RecursionError:  # arrays nested thousands deep
         raise ConfigError("TOML syntax error: nesting too deep") from None
 
+    declared = _subtrees(document.pop("subtree", []))
     sections = {name: _Section(name, document.pop(name, {})) for name in _SECTIONS}
     for name, value in document.items():
         kind = "section" if isinstance(value, dict) else "key"
@@ -110,8 +119,85 @@ def parse_config(text: str) -> Config:
         ),
         log=LogConfig(
             audit=log.string("audit", lg.audit, _is_audit_target, 'an absolute path or ""'),
+            level=log.string("level", lg.level, LOG_LEVELS.__contains__,
+                             "one of " + ", ".join(LOG_LEVELS)),
+            target=log.string("target", lg.target, LOG_TARGETS.__contains__,
+                              "one of " + ", ".join(LOG_TARGETS)),
+            file=log.string("file", lg.file, _is_audit_target, 'an absolute path or ""'),
+            syslog_socket=log.string("syslog_socket", lg.syslog_socket, _is_abs_path,
+                                     "an absolute path"),
         ),
+        subtrees=declared,
     )
+
+
+def _subtrees(value: object) -> tuple[SubtreeDecl, ...]:
+    """`[[subtree]]` tables, each checked as the ctl command it stands for (SPEC 4)."""
+    if not isinstance(value, list):
+        raise ConfigError(f"subtree: expected [[subtree]] tables, got {_show(value)}")
+    out: list[SubtreeDecl] = []
+    names: set[str] = set()
+    for index, table in enumerate(value):
+        where = f"subtree[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: expected a table, got {_show(table)}")
+        section = _Section(where, table)
+        section.refuse_unknown(_SUBTREE_KEYS)
+        for key in ("name", "source"):
+            if key not in table:
+                raise ConfigError(f"{where}: missing key {key}")
+        owner = table.get("owner", "")
+        if isinstance(owner, int) and not isinstance(owner, bool) and owner >= 0:
+            owner = str(owner)  # a uid may be written as a number
+        allow = table.get("allow", [])
+        if isinstance(allow, str):
+            allow = [word for word in allow.split(",") if word.strip()]
+        decl = SubtreeDecl(
+            name=section.string("name", "", lambda w: True, "a subtree name"),
+            source=section.string("source", "", lambda w: True, "a path"),
+            fstype=section.string("fstype", "", lambda w: True, "a filesystem type"),
+            options=section.string("options", "", lambda w: True, "mount options"),
+            ro=section.boolean("ro", False),
+            owner=_Section(where, {"owner": owner}).string(
+                "owner", "", lambda w: True, "a user name or uid"),
+            allow=_Section(where, {"allow": allow}).words(
+                "allow", (), lambda w: True, "an allow= entry"),
+        )
+        if decl.options and not decl.fstype:
+            raise ConfigError(f"{where}.options: only for a subtree with fstype (a mount)")
+        try:
+            protocol.parse(decl_command(decl).encode("utf-8", "surrogateescape"), 1 << 20)
+        except ControlError as exc:
+            raise ConfigError(f"{where} ({decl.name}): {exc.message}") from None
+        if decl.name in names:
+            raise ConfigError(f"{where}.name: {decl.name} is declared twice")
+        names.add(decl.name)
+        out.append(decl)
+    return tuple(out)
+
+
+def decl_command(decl: SubtreeDecl) -> str:
+    """The ctl command that attaches or mounts a declared subtree."""
+    if decl.fstype:
+        words = ["mount", decl.name, decl.fstype, decl.source]
+        words += [f"options={decl.options}"] if decl.options else []
+    else:
+        words = ["attach", decl.name, decl.source]
+    return shlex.join(words + _decl_options(decl))
+
+
+def decl_set_command(decl: SubtreeDecl) -> str:
+    """The ctl `set` that gives an attached subtree the declared ro/owner/allow."""
+    words = ["set", decl.name, "ro" if decl.ro else "rw", f"owner={decl.owner or 'root'}",
+             "allow=" + ",".join(decl.allow)]
+    return shlex.join(words)
+
+
+def _decl_options(decl: SubtreeDecl) -> list[str]:
+    words = ["ro"] if decl.ro else []
+    words += [f"owner={decl.owner or 'root'}"]
+    words += ["allow=" + ",".join(decl.allow)] if decl.allow else []
+    return words
 
 
 _SECTIONS: dict[str, type] = {
@@ -228,7 +314,12 @@ _COMMENTS: dict[str, str] = {
     "limits.max_cached_fds": "descriptors kept for inodes the kernel knows",
     "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
     "performance.busy_poll": "idle CPUs poll, not halt, while requests flow (lower latency)",
-    "log.audit": 'path of the JSON-lines audit log; "" = stderr',
+    "log.audit": 'JSON-lines audit log; "" = in the daemon log (foreground) or '
+                 "/var/log/fusemount/VIEW.audit.jsonl (detached)",
+    "log.level": "debug, info, warning or error",
+    "log.target": "auto (stderr; syslog when detached), stderr, syslog or file",
+    "log.file": 'target = "file": "" = /var/log/fusemount/VIEW.log',
+    "log.syslog_socket": "where syslog listens; if it is missing: stderr, or log.file detached",
 }
 
 
@@ -236,6 +327,8 @@ def dump_config(config: Config) -> str:
     """Render config as TOML that parse_config() turns back into an equal Config."""
     lines: list[str] = []
     for section in fields(config):
+        if section.name == "subtrees":
+            continue
         record = getattr(config, section.name)
         if lines:
             lines.append("")
@@ -244,6 +337,10 @@ def dump_config(config: Config) -> str:
             line = f"{item.name} = {_toml_value(getattr(record, item.name))}"
             comment = _COMMENTS.get(f"{section.name}.{item.name}")
             lines.append(f"{line}  # {comment}" if comment else line)
+    for decl in config.subtrees:
+        lines += ["", "[[subtree]]"]
+        lines += [f"{item.name} = {_toml_value(getattr(decl, item.name))}"
+                  for item in fields(decl)]
     return "\n".join(lines) + "\n"
 
 

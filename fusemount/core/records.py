@@ -120,6 +120,7 @@ class SubtreeSpec:
     expire_s: float = 0.0  # 0 = never
     state: State = State.ATTACHED
     reason: str = ""  # why state is FAILED
+    declared: bool = False  # kept by a [[subtree]] table of the config, reconciled on reload
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +161,28 @@ class PerformanceConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    audit: str = ""  # "" = stderr
+    audit: str = ""  # "" = with the daemon log (foreground); a per-view file when detached
+    level: str = "info"  # debug, info, warning, error
+    target: str = "auto"  # auto (stderr, or syslog when detached), stderr, syslog, file
+    file: str = ""  # target = "file": "" = /var/log/fusemount/<view>.log
+    syslog_socket: str = "/dev/log"
+
+
+@dataclass(frozen=True, slots=True)
+class SubtreeDecl:
+    """A `[[subtree]]` table of the config: a subtree the daemon keeps attached (issue 15).
+
+    Validated like the ctl command it stands for; fstype set means `mount`, else `attach`.
+    owner "" means root; allow holds `allow=` entries as written.
+    """
+
+    name: str
+    source: str
+    fstype: str = ""
+    options: str = ""
+    ro: bool = False
+    owner: str = ""
+    allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +192,4 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    subtrees: tuple[SubtreeDecl, ...] = ()  # [[subtree]] tables, in file order

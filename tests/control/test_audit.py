@@ -5,8 +5,10 @@ or refused, with time, uid, gid, pid, command and result, in a file of mode 0600
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory
-from tests.support.users import Users
+from tests.support.users import Users, py_as
 
 _FIELDS = {"time", "uid", "gid", "pid", "command", "result"}
 
@@ -100,3 +102,46 @@ def test_audit_record_of_multi_line_write_stays_one_line(
     records = _records(audit)
     assert len(records) == 2
     assert all(r["result"] == "EINVAL" for r in records)
+
+
+# Bound for one user's flood (SPEC 6): REFUSALS_PER_WINDOW records of at most 512 bytes each,
+# plus one summary record, per uid and minute.
+FLOOD_BOUND_BYTES = 8192
+
+
+@pytest.mark.timeout(120)
+def test_refusal_flood_of_1mib_commands_keeps_the_audit_log_small_issue_12(
+    view_factory: ViewFactory, scratch: Path, users: Users
+) -> None:
+    audit = scratch / "audit.log"
+    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    ctl_path = view.path / ".fusemount" / "ctl"
+    codes = py_as(users.alice, f"""
+import errno, os
+codes = []
+for _ in range(200):
+    fd = os.open({str(ctl_path)!r}, os.O_WRONLY)
+    try:
+        os.write(fd, b"attach x /" + b"a" * (1 << 20))
+        codes.append(0)
+    except OSError as exc:
+        codes.append(exc.errno)
+    finally:
+        os.close(fd)
+print(json.dumps(sorted(set(codes))))
+""", timeout_s=100)
+    assert codes == [errno.E2BIG]
+    metrics = (view.path / ".fusemount" / "metrics").read_text()
+    assert re.search(r"^fusemount_audit_records_suppressed (\d+)", metrics, re.M)
+    assert "fusemount_audit_records_suppressed 0" not in metrics
+    assert view.daemon.stop() == 0  # closing the log writes the pending summary
+    size = audit.stat().st_size
+    assert size <= FLOOD_BOUND_BYTES, size
+    records = _records(audit)
+    assert all(len(line) < 512 for line in audit.read_bytes().splitlines())
+    refused = [r for r in records if r["result"] == "E2BIG"]
+    assert refused and all(r["uid"] == users.alice.uid for r in refused)
+    (summary,) = [r for r in records if r["result"] == "suppressed"]
+    assert summary["message"] == (
+        f"{200 - len(refused)} similar refusals from uid {users.alice.uid} suppressed")
+    assert len(view.daemon.stderr_text()) < FLOOD_BOUND_BYTES

@@ -145,3 +145,32 @@ def test_mount_holders_follow_the_same_rules(view: ViewHandle, source: Path) -> 
     view.ok("release scratch A")
     view.ok("release scratch B")
     assert names_listed(view.path) == set()
+
+
+@pytest.mark.timeout(60)
+def test_reattach_with_other_options_is_eexist_not_silent_issue_15(
+    view: ViewHandle, source: Path
+) -> None:
+    view.ok(f"attach data {source}")
+    before = snapshot(view)
+    for options in ("ro", "allow=*:ro", "owner=1", "holder=H ro", "holder=H allow=*:ro"):
+        assert refused(view, f"attach data {source} {options}", errno.EEXIST)
+    assert snapshot(view) == before
+    assert _holders(view, "data") == []
+    # The identical repeat is still a no-op, and with a holder it only adds the holder.
+    view.ok(f"attach data {source}")
+    view.ok(f"attach data {source} holder=H")
+    assert _holders(view, "data") == ["H"]
+    record = record_of(view.mounts_json(), "data")
+    assert record.get("ro") in (False, None)
+
+
+@pytest.mark.timeout(60)
+def test_remount_with_other_options_is_eexist_issue_15(view: ViewHandle) -> None:
+    view.ok("mount scratch tmpfs none options=size=1m holder=A")
+    refused(view, "mount scratch tmpfs none options=size=2m holder=B", errno.EEXIST)
+    refused(view, "mount scratch tmpfs none options=size=1m ro holder=B", errno.EEXIST)
+    view.ok("mount scratch tmpfs none options=size=1m holder=B")
+    assert _holders(view, "scratch") == ["A", "B"]
+    view.ok("release scratch A")
+    view.ok("release scratch B")

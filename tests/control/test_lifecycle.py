@@ -244,6 +244,11 @@ BAD_CONFIGS: list[tuple[str, str]] = [
     ("toplevel = 1\n", "toplevel"),
     ("limits = 5\n", "limits"),
     ("[limits\n", "TOML"),
+    # issue 15: [log] keys and [[subtree]] tables
+    ('[log]\nlevel = "chatty"\n', "log.level"),
+    ('[log]\ntarget = "journal"\n', "log.target"),
+    ('[[subtree]]\nname = "d"\nsource = "/srv"\nsize = 1\n', "subtree[0].size"),
+    ('[[subtree]]\nname = "d"\nsource = "/srv"\nallow = ["nobody:rx"]\n', "subtree[0] (d)"),
 ]
 
 
@@ -275,8 +280,9 @@ def test_config_check_rejects_each_bad_config_naming_the_key(
         BAD_CONFIGS[2],
         BAD_CONFIGS[9],
         BAD_CONFIGS[21],
+        BAD_CONFIGS[-1],
     ],
-    ids=["out-of-range", "wrong-type", "unknown-key", "unknown-section"],
+    ids=["out-of-range", "wrong-type", "unknown-key", "unknown-section", "bad-subtree-table"],
 )
 def test_serve_with_bad_config_exits_non_zero_naming_the_key(
     view_factory: ViewFactory, text: str, key: str
@@ -325,7 +331,9 @@ def test_config_defaults_are_the_spec_defaults_and_check_clean(scratch: Path) ->
     assert doc["access"]["admins"] == ["root", "@fusemount"]
     assert doc["access"]["mount_fstypes"] == ["tmpfs", "ext4", "xfs", "btrfs", "squashfs", "erofs"]
     assert doc["cache"] == {"entry_timeout": 1.0, "attr_timeout": 1.0}
-    assert doc["log"] == {"audit": ""}
+    # SPEC 7 [log] gained level, target, file and syslog_socket (issue 15 item 1).
+    assert doc["log"] == {"audit": "", "level": "info", "target": "auto", "file": "",
+                          "syslog_socket": "/dev/log"}
     path = scratch / "defaults.toml"
     path.write_text(result.stdout)
     assert fusemount("config", "--check", str(path)).returncode == 0

@@ -99,13 +99,16 @@ def lazy_unmount(path: Path) -> bool:
 def problems_in_log(text: str) -> list[str]:
     """Lines of daemon output that should fail a test: tracebacks, WARNING/ERROR/CRITICAL lines.
 
-    JSON lines (the audit log goes to stderr by default) are checked for tracebacks only: a
-    command's text may legitimately contain any word.
+    Audit records (in the daemon log by default, as `... AUDIT fusemount.audit: {JSON}`) and
+    bare JSON lines are checked for tracebacks only: a command's text may contain any word.
     """
 
     def bad(line: str) -> bool:
         if "Traceback (most recent call last)" in line or "Fatal Python error" in line:
             return True
+        # An audit record in the daemon log ("... AUDIT fusemount.audit: {json}"): only the
+        # part before the record says anything about the daemon's health.
+        line = line.split(" fusemount.audit: ", 1)[0]
         return not line.lstrip().startswith("{") and _LEVEL_WORD.search(line) is not None
 
     return [line for line in text.splitlines() if bad(line)]

@@ -130,21 +130,24 @@ def test_audit_concurrent_records_are_one_json_object_per_line(tmp_path: Path) -
         assert mine == list(range(per_thread))
 
 
-def test_audit_empty_path_writes_to_stderr(capfd: pytest.CaptureFixture[str]) -> None:
+def test_audit_empty_path_writes_to_the_daemon_log_at_audit_level_issue_15(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Updated for issue 15: "" no longer means raw JSON on stderr but the daemon log, so the
+    # foreground shows one format; the record itself is still one JSON object.
+    from fusemount.logsetup import AUDIT, AUDIT_LOGGER
+
+    caplog.set_level(AUDIT)
+    root = logging.getLogger()
+    root.setLevel(logging.ERROR)  # log.level = "error" must not filter audit records out
     audit = AuditLog("")
     audit.record(uid=0, gid=0, pid=7, command="set a ro", ok=True)
-    audit.close()
-    out, err = capfd.readouterr()
-    assert out == ""
-    (line,) = err.splitlines()
-    assert json.loads(line)["command"] == "set a ro"
-
-
-def test_audit_stderr_mode_follows_sys_stderr(capsys: pytest.CaptureFixture[str]) -> None:
-    audit = AuditLog("")
     audit.record(uid=0, gid=0, pid=7, command="release a h", ok=False, errno_name="ENOENT")
-    record = json.loads(capsys.readouterr().err)
-    assert record["result"] == "ENOENT"
+    audit.close()
+    records = [r for r in caplog.records if r.name == AUDIT_LOGGER]
+    assert [r.levelno for r in records] == [AUDIT, AUDIT]
+    assert json.loads(records[0].getMessage())["command"] == "set a ro"
+    assert json.loads(records[1].getMessage())["result"] == "ENOENT"
 
 
 def test_audit_write_errors_are_logged_once_and_never_raise(
@@ -172,3 +175,39 @@ def test_audit_write_errors_are_logged_once_and_never_raise(
 def test_audit_unopenable_path_raises_at_open(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         AuditLog(str(tmp_path / "missing-dir" / "audit.log"))
+
+
+def test_audit_refusal_record_is_at_most_512_bytes_issue_12(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    huge = "attach " + "\udcff\u2603x" * 400_000
+    with AuditLog(str(path)) as audit:
+        audit.record(uid=1000, gid=100, pid=1, command=huge, ok=False, errno_name="E2BIG",
+                     message="m" * 5000)
+    raw = path.read_bytes()
+    assert len(raw) <= 512
+    (record,) = _lines(path)
+    assert record["result"] == "E2BIG"
+    assert isinstance(record["command"], str) and record["command"].startswith("attach ")
+    assert record["changes"] == {"command_bytes": len(huge.encode("utf-8", "surrogateescape"))}
+
+
+def test_audit_throttled_refusals_are_summed_up_per_uid_issue_12(tmp_path: Path) -> None:
+    from fusemount import audit as audit_mod
+
+    now = [0.0]
+    path = tmp_path / "audit.log"
+    with AuditLog(str(path), clock=lambda: now[0]) as audit:
+        written = [audit.record(uid=1000, gid=100, pid=1, command="x", ok=False,
+                                errno_name="EACCES", throttle=True) for _ in range(200)]
+        # Another user and an unthrottled caller are not held back by uid 1000's flood.
+        assert audit.record(uid=1001, gid=100, pid=2, command="y", ok=False, throttle=True)
+        assert audit.record(uid=0, gid=0, pid=3, command="z", ok=False)
+        now[0] += audit_mod.REFUSAL_WINDOW_S
+        audit.flush_suppressed()
+    assert written.count(True) == audit_mod.REFUSALS_PER_WINDOW
+    records = _lines(path)
+    summaries = [r for r in records if r["result"] == "suppressed"]
+    assert len(summaries) == 1
+    expected = 200 - audit_mod.REFUSALS_PER_WINDOW
+    assert summaries[0]["message"] == f"{expected} similar refusals from uid 1000 suppressed"
+    assert len(records) == audit_mod.REFUSALS_PER_WINDOW + 2 + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from fusemount.core.config import (
     INT_BOUNDS,
     ConfigError,
+    decl_command,
     defaults_toml,
     dump_config,
     load_config,
@@ -24,6 +26,7 @@ from fusemount.core.records import (
     Limits,
     LogConfig,
     PerformanceConfig,
+    SubtreeDecl,
 )
 
 FULL = """
@@ -116,6 +119,9 @@ def test_defaults_toml_round_trips_to_defaults() -> None:
     # Every key is written out, so the file documents every knob.
     document = tomllib.loads(text)
     for section in dataclasses.fields(Config):
+        if section.name == "subtrees":  # [[subtree]] tables, none by default
+            assert "subtree" not in document
+            continue
         record = getattr(Config(), section.name)
         assert set(document[section.name]) == {f.name for f in dataclasses.fields(record)}
 
@@ -231,11 +237,19 @@ def test_every_record_field_is_validated_by_key() -> None:
     # A wrong-typed value (an inline table fits no key) must be refused for every field, so
     # a field added to records.py without a check here fails this test.
     for section in dataclasses.fields(Config):
+        if section.name == "subtrees":
+            continue  # [[subtree]] tables: below
         record = getattr(Config(), section.name)
         for item in dataclasses.fields(record):
             with pytest.raises(ConfigError) as info:
                 parse_config(f"[{section.name}]\n{item.name} = {{}}\n")
             assert str(info.value).startswith(f"{section.name}.{item.name}: expected")
+    for item in dataclasses.fields(SubtreeDecl):
+        with pytest.raises(ConfigError) as info:
+            base = {"name": "name = 'a'", "source": "source = '/x'"}
+            base[item.name] = f"{item.name} = {{}}"
+            parse_config("[[subtree]]\n" + "\n".join(base.values()) + "\n")
+        assert str(info.value).startswith(f"subtree[0].{item.name}: expected")
 
 
 def test_int_bounds_cover_every_integer_limit_and_the_defaults() -> None:
@@ -245,3 +259,54 @@ def test_int_bounds_cover_every_integer_limit_and_the_defaults() -> None:
         assert low <= getattr(Limits(), key) <= high
         assert getattr(parse_config(f"[limits]\n{key} = {low}\n").limits, key) == low
         assert getattr(parse_config(f"[limits]\n{key} = {high}\n").limits, key) == high
+
+
+DECLARED = """
+[[subtree]]
+name = "data"
+source = "/srv/data"
+ro = true
+allow = ["bob:ro", "@team:rw"]
+
+[[subtree]]
+name = "scratch"
+fstype = "tmpfs"
+source = "none"
+options = "size=1m"
+owner = 0
+"""
+
+
+def test_subtree_tables_parse_and_round_trip_issue_15() -> None:
+    config = parse_config(DECLARED)
+    assert config.subtrees == (
+        SubtreeDecl(name="data", source="/srv/data", ro=True, allow=("bob:ro", "@team:rw")),
+        SubtreeDecl(name="scratch", source="none", fstype="tmpfs", options="size=1m",
+                    owner="0"),
+    )
+    assert parse_config(dump_config(config)) == config
+    assert decl_command(config.subtrees[0]) == "attach data /srv/data ro owner=root " \
+        "allow=bob:ro,@team:rw"
+    assert decl_command(config.subtrees[1]) == "mount scratch tmpfs none options=size=1m owner=0"
+
+
+@pytest.mark.parametrize(("text", "named"), [
+    ('[[subtree]]\nname = "a b"\nsource = "/x"\n', "subtree[0] (a b): bad name"),
+    ('[[subtree]]\nname = "a"\nsource = "x"\n', "subtree[0] (a): attach: SOURCE"),
+    ('[[subtree]]\nname = "a"\nsource = "/x"\ncolour = 1\n', "unknown key subtree[0].colour"),
+    ('[[subtree]]\nname = "a"\n', "subtree[0]: missing key source"),
+    ('[[subtree]]\nname = "a"\nsource = "/x"\nro = "yes"\n', "subtree[0].ro"),
+    ('[[subtree]]\nname = "a"\nsource = "/x"\nallow = ["*:rw"]\n', "subtree[0] (a): allow"),
+    ('[[subtree]]\nname = "a"\nsource = "/x"\noptions = "size=1m"\n', "subtree[0].options"),
+    ('[[subtree]]\nname = "a"\nsource = "/x"\n[[subtree]]\nname = "a"\nsource = "/y"\n',
+     "subtree[1].name: a is declared twice"),
+    ('[log]\nlevel = "loud"\n', "log.level"),
+    ('[log]\ntarget = "journal"\n', "log.target"),
+    ('[log]\nfile = "rel.log"\n', "log.file"),
+    ('[log]\nsyslog_socket = ""\n', "log.syslog_socket"),
+])
+def test_bad_subtree_tables_and_log_keys_are_refused_naming_them_issue_15(
+    text: str, named: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        parse_config(text)
