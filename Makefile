@@ -10,6 +10,7 @@ STAMP := $(VENV)/.installed
 # pyfuse3 with fallocate, lseek, copy_file_range and statfs by inode (issue 14, README "The
 # binding"): built from the pinned sdist plus our patch, rebuilt when either input changes.
 PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
+PYFUSE3_WHEELS := $(VENV)/wheels
 PYFUSE3_INPUTS := binding/pyfuse3-3.5.0.patch binding/build-constraints.txt scripts/build_pyfuse3.sh
 # patch applies the binding's patch; qemu-utils is a test dependency (qemu-img on the view).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config patch qemu-utils
@@ -45,7 +46,7 @@ $(VPY):
 # Before the project's own install: pyproject pins pyfuse3 to the same version, so pip keeps
 # the patched build instead of fetching upstream's.
 $(PYFUSE3_STAMP): $(PYFUSE3_INPUTS) | $(VPY)
-	scripts/build_pyfuse3.sh $(VPY)
+	scripts/build_pyfuse3.sh $(VPY) $(PYFUSE3_WHEELS)
 	touch $@
 
 $(STAMP): pyproject.toml $(PYFUSE3_STAMP) | $(VPY)
@@ -95,7 +96,9 @@ DOC_TOOLS := 'argparse-manpage>=4.5' 'shtab>=1.7'  # as pyproject's docs extra
 RUNTIME_MARK := .fusemount-runtime
 PIP_QUIET := -q --disable-pip-version-check --no-input
 
-install: system-packages
+# The runtime gets the same patched pyfuse3 as the checkout (README "The binding"): the
+# wheel setup built, or a fresh build where the system Python differs from the venv's.
+install: system-packages $(PYFUSE3_STAMP)
 	@set -euo pipefail; umask 022; \
 	if [ -e "$(PREFIX)" ] && [ ! -e "$(PREFIX)/$(RUNTIME_MARK)" ]; then \
 	  echo "make install: $(PREFIX) exists and is no fusemount runtime; not replacing it" >&2; \
@@ -107,6 +110,10 @@ install: system-packages
 	rm -rf "$(PREFIX)"; \
 	$(INSTALL_PYTHON) -m venv "$(PREFIX)"; \
 	touch "$(PREFIX)/$(RUNTIME_MARK)"; \
+	if ! "$(PREFIX)/bin/python" -m pip install $(PIP_QUIET) $(PYFUSE3_WHEELS)/pyfuse3-*.whl \
+	    2>/dev/null; then \
+	  scripts/build_pyfuse3.sh "$(PREFIX)/bin/python"; \
+	fi; \
 	"$(PREFIX)/bin/python" -m pip install $(PIP_QUIET) $(RUNTIME_PIP_ARGS) "$$scratch/src"; \
 	"$(PREFIX)/bin/python" -m pip install $(PIP_QUIET) --target "$$scratch/tools" $(DOC_TOOLS); \
 	share="$(PREFIX)/share"; \

@@ -8,7 +8,10 @@ set -euo pipefail
 
 VERSION=3.5.0
 SHA256=88399a9494b88603230bba300f4ba9ad63fece5ed514ca3633d555a0c6a42b24
-VPY=${1:?usage: build_pyfuse3.sh VENV_PYTHON}
+VPY=${1:?usage: build_pyfuse3.sh VENV_PYTHON [WHEEL_DIR]}
+# WHEEL_DIR keeps a copy of the built wheel, so `make install` puts the same patched build
+# into its runtime without compiling again.
+WHEEL_DIR=${2:-}
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 PATCH=$HERE/binding/pyfuse3-$VERSION.patch
 CONSTRAINTS=$HERE/binding/build-constraints.txt
@@ -39,6 +42,11 @@ PIP_CONSTRAINT=$CONSTRAINTS "$VPY" -m pip wheel -q --no-deps -w "$work/wheel" "$
 # dependency trio comes along, so the check below can import it.
 "$VPY" -m pip uninstall -q -y pyfuse3 2>/dev/null || true
 "$VPY" -m pip install -q "$work"/wheel/pyfuse3-*.whl
+if [ -n "$WHEEL_DIR" ]; then
+  mkdir -p "$WHEEL_DIR"
+  rm -f "$WHEEL_DIR"/pyfuse3-*.whl
+  cp "$work"/wheel/pyfuse3-*.whl "$WHEEL_DIR"/
+fi
 "$VPY" - <<'PY'
 import pyfuse3
 ops = pyfuse3.Operations

@@ -56,6 +56,13 @@ def test_make_install_and_uninstall(test_root: Path, users: Users) -> None:
     assert "fusemount" in present and "pyfuse3" in present
     assert not present & set(TEST_TOOLS), present & set(TEST_TOOLS)
     assert (prefix / "share" / "doc" / "fusemount" / "LICENSE").read_text().startswith("MIT")
+    # The runtime serves with the same patched binding as the checkout (README "The binding").
+    patched = subprocess.run(
+        [str(prefix / "bin" / "python"), "-c",
+         "import pyfuse3; print(all(hasattr(pyfuse3.Operations, m) for m in "
+         "('statfs_inode', 'fallocate', 'lseek', 'copy_file_range')))"],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert patched.stdout.strip() == "True", patched.stdout + patched.stderr
 
     page = dirs["MANDIR"] / "man8" / "fusemount.8"
     assert page.resolve().is_file()
