@@ -84,3 +84,48 @@ class as_caller:
         # setfsuid never reports failure; a thread left with borrowed credentials would act
         # for the wrong user on every later call, so check loudly.
         assert syscalls.setfsuid(-1) == 0, "fsuid not restored"
+
+
+class as_writer:
+    """The lighter switch for data writes, extending truncates and fallocate on an open
+    descriptor: fsuid, fsgid and no CAP_SYS_RESOURCE, so ext4's root reserve (resuid,
+    resgid) and disk quotas see the caller as natively (SPEC 6).
+
+    Supplementary groups are left alone: the open already passed every permission check,
+    and a write consults groups only where an ext4 resgid names one of the caller's
+    supplementary groups (a known gap: that caller gets ENOSPC where natively it would
+    use the reserve). It saves two credential commits, a third of the switch's cost.
+    """
+
+    __slots__ = ("_caller", "_switched")
+
+    def __init__(self, caller: Caller) -> None:
+        self._caller = caller
+        self._switched = False
+
+    def __enter__(self) -> None:
+        caller = self._caller
+        if caller.uid == 0:
+            return  # root keeps its reserve, as natively
+        self._switched = True
+        if _SPENDING is not None:
+            syscalls.capset(_SPENDING)
+        syscalls.setfsgid(caller.gid)
+        syscalls.setfsuid(caller.uid)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._switched:
+            return
+        # fsuid 0 keeps CAP_SETUID (not a filesystem capability), so setting it back cannot
+        # be refused; what it returns proves the thread acted as the caller until now.
+        previous = syscalls.setfsuid(0)
+        syscalls.setfsgid(0)
+        if _SPENDING is not None:
+            syscalls.capset(_BASE_CAPS)
+        assert previous == self._caller.uid, "fsuid changed under a write"
+

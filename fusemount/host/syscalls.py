@@ -543,16 +543,25 @@ def capget() -> CapSets:
     )
 
 
+# CapSets -> the (header, data) arguments of capset, built once: the kernel only reads them
+# (with the right version), and building ctypes structs costs more than the syscall.
+_capset_args: dict[CapSets, tuple[ctypes._CArgObject, ctypes.Array[_CapData]]] = {}
+
+
 def capset(caps: CapSets) -> None:
     """Set the calling thread's capabilities. The raw syscall changes only this thread
     (libcap's cap_set_proc does too; nothing here broadcasts like setgroups)."""
-    header = _CapHeader(_CAP_VERSION_3, 0)
-    data = (_CapData * 2)(
-        _CapData(caps.effective & 0xFFFFFFFF, caps.permitted & 0xFFFFFFFF,
-                 caps.inheritable & 0xFFFFFFFF),
-        _CapData(caps.effective >> 32, caps.permitted >> 32, caps.inheritable >> 32),
-    )
-    if _syscall(_NR_CAPSET, ctypes.byref(header), data) < 0:
+    args = _capset_args.get(caps)
+    if args is None:
+        data = (_CapData * 2)(
+            _CapData(caps.effective & 0xFFFFFFFF, caps.permitted & 0xFFFFFFFF,
+                     caps.inheritable & 0xFFFFFFFF),
+            _CapData(caps.effective >> 32, caps.permitted >> 32, caps.inheritable >> 32),
+        )
+        args = (ctypes.byref(_CapHeader(_CAP_VERSION_3, 0)), data)
+        if len(_capset_args) < 16:  # the daemon uses two; tests a few more
+            _capset_args[caps] = args
+    if _syscall(_NR_CAPSET, *args) < 0:
         raise _error()
 
 
