@@ -141,17 +141,21 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
 
 def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
     if spec.kind is Kind.MOUNT:
-        identity = sources.mount_source_identity(spec.fstype, spec.source)
+        roots = ctx.config.access.source_roots
+        identity = sources.mount_source_identity(spec.fstype, spec.source,
+                                                 source_roots=roots, guard=ctx.view_guard)
         if not same_source(spec.identity, identity):
             raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
                                "(identity changed)")
         return sources.open_mount_source(spec.fstype, spec.source, spec.options,
-                                         spec.policy.ro)
+                                         spec.policy.ro, source_roots=roots,
+                                         guard=ctx.view_guard)
     owner = Caller(spec.policy.owner, spec.policy.owner, 0)
     self_service = not ctx.rules.is_admin(owner)
     opened = sources.open_attach_source(
         spec.source, ctx.config.access, owner if self_service else _ROOT,
-        self_service=self_service and ctx.config.access.self_service, ro=spec.policy.ro)
+        self_service=self_service and ctx.config.access.self_service, ro=spec.policy.ro,
+        guard=ctx.view_guard)
     if not same_source(spec.identity, opened.identity):
         opened.close()
         raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
@@ -258,8 +262,15 @@ def _serve(opts: ServeOptions) -> int:
 
     rules = Rules(principals.resolve_admins(config.access.admins), config.access)
     inodes = InodeTable(config.limits.max_cached_fds, config.limits.max_inodes)
+    try:
+        # Opened before the view is mounted over it: the directory underneath, whose
+        # ancestors no source may be (SPEC 4).
+        guard = sources.ViewGuard.open(view)
+    except OSError as exc:
+        raise ServeError(f"view {view}: {exc.strerror}") from None
     ctx = ViewContext(config=config, rules=rules, table=SubtreeTable(config.limits),
-                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files))
+                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files),
+                      view_guard=guard)
     metrics = Metrics()
     view_errors.sink.observer = metrics
     view_errors.sink.debug = opts.debug
@@ -283,6 +294,7 @@ def _serve(opts: ServeOptions) -> int:
         options.add("debug")
     with contextlib.ExitStack() as stack:
         stack.callback(audit.close)
+        stack.callback(guard.close)
         stack.callback(_close_sources, ctx)
         try:
             pyfuse3.init(ops, view, options)
@@ -290,6 +302,7 @@ def _serve(opts: ServeOptions) -> int:
             raise ServeError(f"cannot mount {view}: {exc}") from None
         stack.callback(_unmount)
         ctx.mounted = True
+        guard.mounted()
         stack.enter_context(_pidfile(pidfile))
         log.info("serving %s with %d subtrees", view, len(ctx.table))
         trio.run(_run, ctx, controller, ops, opts, latency)
