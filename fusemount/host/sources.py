@@ -249,6 +249,8 @@ def _walk_from(start_fd: int, components: list[str], path: str, caller: Caller,
             if guard is not None:
                 guard.refuse_inside(fd, path)
         result = stack.pop() if stack else os.dup(start_fd)
+    except ControlError:
+        raise
     except OSError as exc:
         raise _err(exc, f"source {path}") from None
     finally:
