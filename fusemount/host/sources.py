@@ -116,14 +116,10 @@ class ViewGuard:
         """EINVAL if fd is the view (mounted or not) or lies inside it. Never sends FUSE a
         request: AT_STATX_DONT_SYNC answers from the inode the kernel already has."""
         sx = syscalls.statx(fd, b"", _EMPTY_NOSYNC)
-        if (sx.dev == self.fuse_dev or (sx.dev, sx.ino) == self.dir_id
-                or self._is_fuse_of_view(sx.mnt_id_old)):
+        # Every inode of the view, through any mount of it, carries the view's device.
+        if sx.dev == self.fuse_dev or (sx.dev, sx.ino) == self.dir_id:
             raise ControlError(errno.EINVAL, f"source {path} lies inside the view "
                                f"{self.path} (a view cannot serve itself)")
-
-    def _is_fuse_of_view(self, mnt_id: int) -> bool:
-        return self.fuse_dev is not None and any(
-            e.mount_id == mnt_id and e.dev == self.fuse_dev for e in _mountinfo())
 
     def refuse_containing(self, fd: int, path: str) -> None:
         """EINVAL if the directory fd contains the view: it is the view's directory or one
