@@ -97,9 +97,16 @@ class ViewGuard:
 
     @classmethod
     def open(cls, view: str) -> ViewGuard:
-        fd = syscalls.openat2(syscalls.AT_FDCWD, view, _OPEN_DIR, 0, _NO_SYMLINKS)
-        st = os.fstat(fd)
-        return cls(path=view, dir_fd=fd, dir_id=(st.st_dev, st.st_ino))
+        """Hold the view's directory; its canonical path is what mountinfo will show (the
+        operator's VIEW may go through symlinks: it is trusted, unlike a SOURCE)."""
+        fd = os.open(view, _OPEN_DIR)
+        try:
+            st = os.fstat(fd)
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path=path, dir_fd=fd, dir_id=(st.st_dev, st.st_ino))
 
     def mounted(self) -> None:
         """Record the view's filesystem, read from mountinfo: touching the mount itself
