@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import pwd
 import resource
 import signal
 import stat
@@ -139,6 +140,18 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
         log.info("subtree %s re-attached from %s", spec.name, spec.source)
 
 
+def _login_caller(uid: int) -> Caller:
+    """The owner as a login presents them (primary gid and groups from the user and group
+    databases): a restart has no request to take them from, and the source walk checks
+    search permission as this caller."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid, uid, 0)
+    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}
+    return Caller(uid, entry.pw_gid, 0, groups=groups)
+
+
 def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
     if spec.kind is Kind.MOUNT:
         roots = ctx.config.access.source_roots
@@ -150,7 +163,7 @@ def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
         return sources.open_mount_source(spec.fstype, spec.source, spec.options,
                                          spec.policy.ro, source_roots=roots,
                                          guard=ctx.view_guard)
-    owner = Caller(spec.policy.owner, spec.policy.owner, 0)
+    owner = _login_caller(spec.policy.owner)
     self_service = not ctx.rules.is_admin(owner)
     opened = sources.open_attach_source(
         spec.source, ctx.config.access, owner if self_service else _ROOT,

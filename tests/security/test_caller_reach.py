@@ -110,3 +110,21 @@ def test_mount_source_paths_obey_source_roots(
     view.ok(f"mount y ext4 {inside} ro")
     view.ok("detach y")
     view.ok("mount t tmpfs none")  # `none` is no path: the roots do not apply
+
+
+@pytest.mark.timeout(90)
+def test_self_service_subtree_reached_through_a_supplementary_group_survives_restart(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    """At restart the walk is made as the owner would log in: primary and supplementary
+    groups from the user and group databases."""
+    bob = users.bob
+    roots = make_dir(source / "homes", 0o755)
+    team_only = make_dir(roots / "team", 0o710, 0, users.team.gid)
+    mine = make_dir(team_only / "bobs", 0o755, bob.uid, bob.gid)
+    # No admins by group here: a uid taken for a gid could otherwise pass for an admin.
+    view = view_factory(config_text="[access]\nself_service = true\n"
+                        f"self_service_roots = [{str(roots)!r}]\n")
+    assert ctl_as(bob, view.path, f"attach mine {mine}").errno is None
+    view.restart()
+    assert [(r["name"], r["state"]) for r in view.mounts_json()] == [("mine", "attached")]
