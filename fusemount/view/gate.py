@@ -49,6 +49,8 @@ class SquashedRoot(Caller):
 
 def squashed_root(pid: int, umask: int) -> SquashedRoot:
     return SquashedRoot(NOBODY, NOBODY, pid, umask)
+
+
 _TRIM_BATCH = 4096
 
 
