@@ -18,7 +18,7 @@ import stat
 
 from fusemount.core.records import Caller
 from fusemount.host import syscalls
-from fusemount.host.creds import as_caller, as_writer
+from fusemount.host.creds import as_caller
 
 O_LOOKUP = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _EMPTY = syscalls.AT_EMPTY_PATH | syscalls.AT_SYMLINK_NOFOLLOW
@@ -100,7 +100,7 @@ def chown(fd: int, uid: int, gid: int, caller: Caller) -> None:
 
 
 def truncate_open(open_fd: int, size: int, caller: Caller) -> None:
-    with as_writer(caller):
+    with as_caller(caller):
         os.ftruncate(open_fd, size)
 
 
@@ -114,14 +114,16 @@ def truncate(fd: int, size: int, caller: Caller) -> None:
 
 
 def write(open_fd: int, data: bytes, offset: int, caller: Caller) -> int:
-    """pwrite as the caller: ENOSPC and EDQUOT come as natively (SPEC 6; creds.py)."""
-    with as_writer(caller):
+    """pwrite as the caller: ENOSPC and EDQUOT come as natively (SPEC 6; creds.py), and the
+    backing filesystem's own set-ID clearing is decided with the caller's groups, as the
+    kernel's is (a set-group-ID file without group execute keeps its bit for a member)."""
+    with as_caller(caller):
         return os.pwrite(open_fd, data, offset)
 
 
 def fallocate(open_fd: int, mode: int, offset: int, length: int, caller: Caller) -> None:
     """fallocate(2) as the caller, so its blocks are the caller's to spend (SPEC 6)."""
-    with as_writer(caller):
+    with as_caller(caller):
         syscalls.fallocate(open_fd, mode, offset, length)
 
 

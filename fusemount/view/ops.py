@@ -119,7 +119,8 @@ class Ops(XattrOps):
         if fields.update_mode:
             current = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
             if self.ctx.config.access.deny_special_files:
-                backing.refuse_setid_on_file(attr.st_mode, current.st_mode)
+                # Only bits the file lacks: a kill-priv SETATTR may keep one it has.
+                backing.refuse_setid_on_file(attr.st_mode & ~current.st_mode, current.st_mode)
             chmod_as = caller
             if (current.st_uid != caller.uid and not isinstance(caller, SquashedRoot)
                     and backing.kills_privileges(attr.st_mode, current.st_mode)):

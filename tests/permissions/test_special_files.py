@@ -52,6 +52,13 @@ def write_one():
     finally:
         os.close(fd)
 step("write 06777", write_one, p("w"))
+def write_two():
+    fd = os.open(p("s"), os.O_WRONLY)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+step("write 02767 (no group x)", write_two, p("s"))
 step("truncate 06777", lambda: os.truncate(p("t"), 3), p("t"))
 step("O_TRUNC 06777", lambda: os.close(os.open(p("o"), os.O_WRONLY | os.O_TRUNC)), p("o"))
 step("chown 06777 to root", lambda: os.chown(p("g"), 0, -1), p("g"))
@@ -71,7 +78,7 @@ def _prepare(root: Path, users: Users) -> None:
     alice, team = users.alice, users.team.gid
     for tag in ("root", "alice", "bob", "carol"):
         for name, mode in (("a", 0o775), ("w", 0o6777), ("t", 0o6777), ("o", 0o6777),
-                           ("g", 0o6777)):
+                           ("g", 0o6777), ("s", 0o2767)):
             f = root / f"{name}-{tag}"
             f.write_bytes(b"abcdef")
             os.chown(f, alice.uid, team)
@@ -147,3 +154,28 @@ def test_deny_special_files_refuses_device_nodes_and_setid_bits_for_everyone(
     _, by_bob = got["bob"]
     assert isinstance(by_bob, dict)
     assert by_bob["write 06777"] == [0, [oct(0o100777), users.alice.uid, users.team.gid, 0]]
+
+
+@pytest.mark.timeout(60)
+def test_deny_special_files_still_lets_a_write_clear_one_bit_and_keep_the_other(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    """06745: a write clears set-user-ID and keeps set-group-ID (no group execute), as
+    natively; keeping a bit the file has is not setting one."""
+    alice, bob = users.alice, users.bob
+    source.chmod(0o777)
+    f = source / "f"
+    f.write_bytes(b"x")
+    os.chown(f, alice.uid, users.team.gid)
+    f.chmod(0o6767)
+    f.chmod(0o6747 | 0o020)  # group may write, not execute
+    view = view_factory(config_text=config("deny_special_files = true\n"))
+    view.ok(f"attach sp {source} owner={alice.name} allow={bob.name}:rw")
+    target = str(view.path / "sp" / "f")
+    got = py_as(bob, f"""
+fd = os.open({target!r}, os.O_WRONLY | os.O_APPEND)
+os.write(fd, b"y")
+os.close(fd)
+print(json.dumps(oct(os.stat({target!r}).st_mode)))
+""")
+    assert got == oct(0o102767)
