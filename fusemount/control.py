@@ -206,7 +206,8 @@ class Controller:
         if existing is None or existing[1].state is State.FAILED:
             self._room(caller, cmd.name, policy.owner)
         opened = sources.open_attach_source(cmd.source, access_cfg, caller,
-                                            self_service=not is_admin, ro=cmd.ro)
+                                            self_service=not is_admin, ro=cmd.ro,
+                                            guard=self.ctx.view_guard)
         try:
             result = self._existing(caller, cmd.name, opened.identity, cmd.holder, policy)
         except BaseException:
@@ -229,7 +230,9 @@ class Controller:
             raise ControlError(errno.EPERM, f"filesystem type {cmd.fstype} is not in "
                                "access.mount_fstypes")
         policy = self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
-        identity = sources.mount_source_identity(cmd.fstype, cmd.source)
+        roots = self.ctx.config.access.source_roots
+        guard = self.ctx.view_guard
+        identity = sources.mount_source_identity(cmd.fstype, cmd.source, caller, roots, guard)
         existing = self.ctx.table.get(cmd.name)
         if existing is not None and existing[1].state is not State.FAILED:
             if existing[1].kind is not Kind.MOUNT or existing[1].fstype != cmd.fstype:
@@ -238,7 +241,8 @@ class Controller:
             assert result is not None
             return result
         self._room(caller, cmd.name, policy.owner)
-        opened = sources.open_mount_source(cmd.fstype, cmd.source, cmd.options, cmd.ro)
+        opened = sources.open_mount_source(cmd.fstype, cmd.source, cmd.options, cmd.ro,
+                                           caller, roots, guard)
         spec = SubtreeSpec(
             name=cmd.name, kind=Kind.MOUNT, source=cmd.source, identity=identity,
             policy=policy, fstype=cmd.fstype, options=cmd.options,

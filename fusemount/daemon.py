@@ -12,6 +12,7 @@ import ctypes
 import errno
 import logging
 import os
+import pwd
 import resource
 import signal
 import stat
@@ -182,19 +183,35 @@ def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
         log.info("subtree %s re-attached from %s", spec.name, spec.source)
 
 
+def _login_caller(uid: int) -> Caller:
+    """The owner as a login presents them (primary gid and groups from the user and group
+    databases): a restart has no request to take them from, and the source walk checks
+    search permission as this caller."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid, uid, 0)
+    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}
+    return Caller(uid, entry.pw_gid, 0, groups=groups)
+
+
 def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
     if spec.kind is Kind.MOUNT:
-        identity = sources.mount_source_identity(spec.fstype, spec.source)
+        roots = ctx.config.access.source_roots
+        identity = sources.mount_source_identity(spec.fstype, spec.source,
+                                                 source_roots=roots, guard=ctx.view_guard)
         if not same_source(spec.identity, identity):
             raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
                                "(identity changed)")
         return sources.open_mount_source(spec.fstype, spec.source, spec.options,
-                                         spec.policy.ro)
-    owner = Caller(spec.policy.owner, spec.policy.owner, 0)
+                                         spec.policy.ro, source_roots=roots,
+                                         guard=ctx.view_guard)
+    owner = _login_caller(spec.policy.owner)
     self_service = not ctx.rules.is_admin(owner)
     opened = sources.open_attach_source(
         spec.source, ctx.config.access, owner if self_service else _ROOT,
-        self_service=self_service and ctx.config.access.self_service, ro=spec.policy.ro)
+        self_service=self_service and ctx.config.access.self_service, ro=spec.policy.ro,
+        guard=ctx.view_guard)
     if not same_source(spec.identity, opened.identity):
         opened.close()
         raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
@@ -431,8 +448,15 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
 
     rules = Rules(principals.resolve_admins(config.access.admins), config.access)
     inodes = InodeTable(config.limits.max_cached_fds, config.limits.max_inodes)
+    try:
+        # Opened before the view is mounted over it: the directory underneath, whose
+        # ancestors no source may be (SPEC 4).
+        guard = sources.ViewGuard.open(view)
+    except OSError as exc:
+        raise ServeError(f"view {view}: {exc.strerror}") from None
     ctx = ViewContext(config=config, rules=rules, table=SubtreeTable(config.limits),
-                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files))
+                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files),
+                      view_guard=guard)
     metrics = Metrics()
     view_errors.sink.observer = metrics
     view_errors.sink.debug = opts.debug
@@ -462,6 +486,7 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
     with contextlib.ExitStack() as stack:
         stack.callback(daemon_log.close)
         stack.callback(lambda: controller.audit.close())
+        stack.callback(guard.close)
         stack.callback(_close_sources, ctx)
         stack.enter_context(_pidfile(pidfile))
         try:
@@ -470,6 +495,7 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
             raise ServeError(f"cannot mount {view}: {exc}") from None
         stack.callback(_unmount)
         ctx.mounted = True
+        guard.mounted()
         log.info("serving %s with %d subtrees", view, len(ctx.table))
         trio.run(_run, service, latency)
         log.info("stopped cleanly")

@@ -95,6 +95,7 @@ def parse_config(text: str) -> Config:
             mount_fstypes=access.words(
                 "mount_fstypes", a.mount_fstypes, _is_fstype, "a filesystem type"
             ),
+            deny_special_files=access.boolean("deny_special_files", a.deny_special_files),
         ),
         limits=Limits(
             max_subtrees=limits.integer("max_subtrees", lim.max_subtrees),

@@ -146,6 +146,7 @@ class AccessConfig:
     fstypes: tuple[str, ...] = ()
     require_mountpoint: bool = False
     mount_fstypes: tuple[str, ...] = ("tmpfs", "ext4", "xfs", "btrfs", "squashfs", "erofs")
+    deny_special_files: bool = False  # SPEC 3: no device nodes, no set-ID bits on files
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,9 +36,15 @@ def proc_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def lookup(parent_fd: int, name: bytes) -> tuple[int, os.stat_result]:
-    """Open name (never following it) as O_PATH; returns the descriptor and its stat."""
-    fd = os.open(name, O_LOOKUP, dir_fd=parent_fd)
+def lookup(parent_fd: int, name: bytes,
+           caller: Caller | None = None) -> tuple[int, os.stat_result]:
+    """Open name (never following it) as O_PATH; returns the descriptor and its stat.
+    As root unless a caller is given (a squashed root: search permission as nobody)."""
+    if caller is None:
+        fd = os.open(name, O_LOOKUP, dir_fd=parent_fd)
+    else:
+        with as_caller(caller):
+            fd = os.open(name, O_LOOKUP, dir_fd=parent_fd)
     try:
         return fd, os.fstat(fd)
     except BaseException:
@@ -55,9 +61,32 @@ def getattr_(fd: int) -> os.stat_result:
 
 
 def refuse_setid_on_file(mode: int, file_mode: int) -> None:
-    """SPEC 3: set-user-ID and set-group-ID bits never get onto a regular file."""
+    """access.deny_special_files (SPEC 3): set-ID bits never get onto a regular file."""
     if stat.S_ISREG(file_mode) and mode & _SETID:
-        raise OSError(errno.EPERM, "set-ID bits are not allowed on regular files")
+        raise OSError(errno.EPERM, "set-ID bits are not allowed on regular files "
+                      "(access.deny_special_files)")
+
+
+def refuse_special(mode: int) -> None:
+    """access.deny_special_files (SPEC 3): no device node (whiteouts included) and no
+    set-ID bit on a new regular file, for anyone."""
+    kind = stat.S_IFMT(mode)
+    if kind in (stat.S_IFCHR, stat.S_IFBLK):
+        raise OSError(errno.EPERM, "device nodes are not created (access.deny_special_files)")
+    refuse_setid_on_file(mode, stat.S_IFREG if kind in (stat.S_IFREG, 0) else kind)
+
+
+def kills_privileges(new_mode: int, file_mode: int) -> bool:
+    """Is a mode change only the removal of set-ID bits that file_mode has?
+
+    The kernel sends exactly that SETATTR when a permitted non-owner writes, truncates or
+    chowns a set-ID file (no FUSE_HANDLE_KILLPRIV: the filesystem must clear the bits).
+    Natively the kernel clears them whoever the writer is (ATTR_FORCE), so it is applied
+    with the daemon's credentials, not refused as a non-owner's chmod.
+    """
+    new, old = new_mode & 0o7777, file_mode & 0o7777
+    cleared = old & ~new
+    return new & ~old == 0 and cleared != 0 and cleared & ~_SETID == 0
 
 
 def chmod(fd: int, mode: int, caller: Caller) -> None:
@@ -78,10 +107,18 @@ def truncate_open(open_fd: int, size: int, caller: Caller) -> None:
 def truncate(fd: int, size: int, caller: Caller) -> None:
     with as_caller(caller):
         wfd = os.open(proc_path(fd), os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.ftruncate(wfd, size)
-    finally:
-        os.close(wfd)
+        try:
+            os.ftruncate(wfd, size)  # as the caller: an extension spends their allowance
+        finally:
+            os.close(wfd)
+
+
+def write(open_fd: int, data: bytes, offset: int, caller: Caller) -> int:
+    """pwrite as the caller: ENOSPC and EDQUOT come as natively (SPEC 6; creds.py), and the
+    backing filesystem's own set-ID clearing is decided with the caller's groups, as the
+    kernel's is (a set-group-ID file without group execute keeps its bit for a member)."""
+    with as_caller(caller):
+        return os.pwrite(open_fd, data, offset)
 
 
 def utimens(fd: int, atime_ns: int | None, mtime_ns: int | None, caller: Caller,
@@ -119,7 +156,6 @@ def create(parent_fd: int, name: bytes, flags: int, mode: int,
 
     Returns the open descriptor, an O_PATH descriptor of the same object, and its stat.
     """
-    refuse_setid_on_file(mode, stat.S_IFREG)
     oflags = (flags & _PASS_FLAGS) | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
     if flags & os.O_EXCL:
         oflags |= os.O_EXCL
@@ -152,14 +188,14 @@ def mkdir(parent_fd: int, name: bytes, mode: int, caller: Caller) -> tuple[int, 
 
 def mknod(parent_fd: int, name: bytes, mode: int, rdev: int,
           caller: Caller) -> tuple[int, os.stat_result]:
+    """Device nodes as natively (SPEC 3): as the caller, so only a caller with CAP_MKNOD
+    (root, not squashed) makes one; a whiteout (char 0:0) needs none, as natively."""
     kind = stat.S_IFMT(mode)
-    if kind in (stat.S_IFCHR, stat.S_IFBLK):
-        raise OSError(errno.EPERM, "device nodes are never created (SPEC 3)")
-    if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, 0):
+    if kind not in (stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFREG, stat.S_IFCHR, stat.S_IFBLK, 0):
         raise OSError(errno.EINVAL, "unsupported node type")
-    refuse_setid_on_file(mode, stat.S_IFREG if kind in (stat.S_IFREG, 0) else kind)
     with as_caller(caller):
-        os.mknod(name, mode, 0, dir_fd=parent_fd)
+        os.mknod(name, mode, rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0,
+                 dir_fd=parent_fd)
     return lookup(parent_fd, name)
 
 
@@ -170,11 +206,18 @@ def symlink(parent_fd: int, name: bytes, target: bytes,
     return lookup(parent_fd, name)
 
 
-def link(fd: int, new_parent_fd: int, new_name: bytes) -> tuple[int, os.stat_result]:
+def link(fd: int, new_parent_fd: int, new_name: bytes,
+         caller: Caller | None = None) -> tuple[int, os.stat_result]:
     """Hard link the object held by fd. Runs as root: linking by descriptor needs
     CAP_DAC_READ_SEARCH, the kernel has already checked the caller's rights
-    (default_permissions, protected_hardlinks), and a link creates no new inode to own."""
-    syscalls.linkat(fd, b"", new_parent_fd, new_name, syscalls.AT_EMPTY_PATH)
+    (default_permissions, protected_hardlinks), and a link creates no new inode to own.
+    With a caller (a squashed root, whom the kernel checked as root) it runs as that
+    caller through /proc/self/fd/N, so the backing filesystem applies the native checks."""
+    if caller is None:
+        syscalls.linkat(fd, b"", new_parent_fd, new_name, syscalls.AT_EMPTY_PATH)
+    else:
+        with as_caller(caller):
+            os.link(proc_path(fd), new_name, dst_dir_fd=new_parent_fd, follow_symlinks=True)
     return lookup(new_parent_fd, new_name)
 
 
@@ -193,7 +236,8 @@ def rmdir(parent_fd: int, name: bytes, caller: Caller) -> None:
 
 def rename(old_parent_fd: int, new_parent_fd: int, old: bytes, new: bytes, flags: int,
            caller: Caller) -> None:
-    if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE):
+    if flags & ~(syscalls.RENAME_NOREPLACE | syscalls.RENAME_EXCHANGE
+                 | syscalls.RENAME_WHITEOUT):
         raise OSError(errno.EINVAL, "unsupported rename flags")
     with as_caller(caller):
         syscalls.renameat2(old_parent_fd, old, new_parent_fd, new, flags)

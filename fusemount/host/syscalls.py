@@ -27,6 +27,7 @@ AT_FDCWD: Final = -100
 AT_SYMLINK_NOFOLLOW: Final = 0x100
 AT_EMPTY_PATH: Final = 0x1000
 AT_RECURSIVE: Final = 0x8000
+AT_STATX_DONT_SYNC: Final = 0x4000
 AT_HANDLE_MNT_ID_UNIQUE: Final = 0x1
 
 RESOLVE_NO_XDEV: Final = 0x01
@@ -71,6 +72,8 @@ FSCONFIG_CMD_CREATE: Final = 6
 MAX_HANDLE_SZ: Final = 128
 
 _NR_SETGROUPS: Final = 116
+_NR_CAPGET: Final = 125
+_NR_CAPSET: Final = 126
 _NR_SETFSUID: Final = 122
 _NR_SETFSGID: Final = 123
 _NR_GETTID: Final = 186
@@ -502,6 +505,63 @@ def setgroups_thread(groups: Sequence[int]) -> None:
     change every thread of the daemon (glibc broadcasts it), so it must never be used."""
     array = (ctypes.c_uint32 * len(groups))(*groups)
     if _syscall(_NR_SETGROUPS, len(groups), array) < 0:
+        raise _error()
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32))
+
+
+_CAP_VERSION_3: Final = 0x20080522
+CAP_SYS_RESOURCE: Final = 24
+
+
+@dataclass(frozen=True, slots=True)
+class CapSets:
+    """The three capability sets of one thread, as 64-bit masks."""
+
+    effective: int
+    permitted: int
+    inheritable: int
+
+
+def capget() -> CapSets:
+    """The calling thread's capabilities (capget(2) with pid 0: this thread only)."""
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _syscall(_NR_CAPGET, ctypes.byref(header), data) < 0:
+        raise _error()
+    return CapSets(
+        effective=data[0].effective | data[1].effective << 32,
+        permitted=data[0].permitted | data[1].permitted << 32,
+        inheritable=data[0].inheritable | data[1].inheritable << 32,
+    )
+
+
+# CapSets -> the (header, data) arguments of capset, built once: the kernel only reads them
+# (with the right version), and building ctypes structs costs more than the syscall.
+_capset_args: dict[CapSets, tuple[ctypes._CArgObject, ctypes.Array[_CapData]]] = {}
+
+
+def capset(caps: CapSets) -> None:
+    """Set the calling thread's capabilities. The raw syscall changes only this thread
+    (libcap's cap_set_proc does too; nothing here broadcasts like setgroups)."""
+    args = _capset_args.get(caps)
+    if args is None:
+        data = (_CapData * 2)(
+            _CapData(caps.effective & 0xFFFFFFFF, caps.permitted & 0xFFFFFFFF,
+                     caps.inheritable & 0xFFFFFFFF),
+            _CapData(caps.effective >> 32, caps.permitted >> 32, caps.inheritable >> 32),
+        )
+        args = (ctypes.byref(_CapHeader(_CAP_VERSION_3, 0)), data)
+        if len(_capset_args) < 16:  # the daemon uses two; tests a few more
+            _capset_args[caps] = args
+    if _syscall(_NR_CAPSET, *args) < 0:
         raise _error()
 
 

@@ -18,6 +18,7 @@ import trio
 from fusemount.core.policy import Rules, access_of, needs_groups
 from fusemount.core.records import Access, Caller, Config, SubtreeSpec
 from fusemount.core.subtrees import SubtreeTable
+from fusemount.host.sources import ViewGuard
 from fusemount.view.callers import Callers
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
@@ -38,6 +39,7 @@ class ViewContext:
     start_ns: int = field(default_factory=time.time_ns)
     now: Callable[[], float] = time.monotonic
     mounted: bool = False  # notify calls are only possible once the view is mounted
+    view_guard: ViewGuard | None = None  # sources must neither contain nor lie in the view
 
     def access(self, caller: Caller, spec: SubtreeSpec) -> Access:
         """What caller may do in a subtree (SPEC 5). Reads groups only when they matter."""

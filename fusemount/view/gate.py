@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import pyfuse3
@@ -33,7 +34,23 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R")
 
-NOBODY = 65534  # what uid 0 becomes on a squashed subtree
+NOBODY = 65534  # the uid and gid root acts with on a squashed subtree
+
+
+@dataclass(frozen=True, slots=True)
+class SquashedRoot(Caller):
+    """Root on a `squash=root` subtree, acting as nobody. Its type, never its uid, says it
+    was squashed: a real user with uid 65534 is an ordinary caller (issue 12 item 12).
+
+    The kernel checked the request as root (CAP_DAC_OVERRIDE), so every backing call of a
+    squashed root runs as nobody for the backing filesystem to decide as it would natively.
+    """
+
+
+def squashed_root(pid: int, umask: int) -> SquashedRoot:
+    return SquashedRoot(NOBODY, NOBODY, pid, umask)
+
+
 _TRIM_BATCH = 4096
 
 
@@ -105,12 +122,17 @@ class OpsBase(pyfuse3.Operations):
         subtree.last_access = self.ctx.now()
         subtree.requests += 1
         if caller.uid == 0 and subtree.spec.policy.squash_root:
-            return Caller(NOBODY, NOBODY, caller.pid, caller.umask)
+            return squashed_root(caller.pid, caller.umask)
         if groups:
             return self.callers.with_groups(caller)
         return caller
 
     def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
+        if node.subtree.spec.policy.squash_root:
+            # The kernel lets root through cached entries by capability: on a squashed
+            # subtree nothing is cached, so every walk step comes back as a lookup that
+            # runs as nobody (ops.lookup), as a native walk by nobody would be checked.
+            return fill(EntryAttributes(), node.ino, st, 0, 0)
         return fill(EntryAttributes(), node.ino, st, self.entry_timeout, self.attr_timeout)
 
     def _node(self, ino: int) -> Node:

@@ -23,6 +23,9 @@ class FileHandle:
     node: Node
     fd: int
     writable: bool
+    # The opener: write/read handlers get no RequestContext, and a write must spend the
+    # opener's disk allowance, not root's (SPEC 6).
+    caller: Caller
 
 
 @dataclass(slots=True, eq=False)
@@ -87,13 +90,13 @@ class HandleTable:
             raise OSError(errno.ENFILE,
                           f"open file limit reached (max_open_files={self.max_open_files})")
 
-    def add_file(self, node: Node, fd: int, writable: bool) -> FileHandle:
+    def add_file(self, node: Node, fd: int, writable: bool, caller: Caller) -> FileHandle:
         try:
             fh = self._reserve()
         except OSError:
             os.close(fd)
             raise
-        handle = FileHandle(fh, node, fd, writable)
+        handle = FileHandle(fh, node, fd, writable, caller)
         self._attach(node, handle)
         return handle
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import stat
 from collections.abc import Sequence
 
 import pyfuse3
@@ -35,10 +36,10 @@ from pyfuse3 import (
 from typing_extensions import override
 
 from fusemount.core.records import Caller
-from fusemount.host import backing
+from fusemount.host import backing, syscalls
 from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import NOBODY, check_name, first_fd, the_fd, two_fds
+from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import ControlHandle, DirHandle
 from fusemount.view.ranges import RangeOps
 from fusemount.view.xattrs import XattrOps
@@ -46,6 +47,13 @@ from fusemount.view.xattrs import XattrOps
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+_DAEMON = Caller(0, 0, 0)
+
+
+def _as_squashed(caller: Caller) -> Caller | None:
+    """The caller a root-by-default backing call (lookup, link) must run as: only a squashed
+    root, whom the kernel let through as root; others were checked by the kernel."""
+    return caller if isinstance(caller, SquashedRoot) else None
 
 
 class Ops(XattrOps, RangeOps):
@@ -61,10 +69,10 @@ class Ops(XattrOps, RangeOps):
             return await self.control.lookup(parent_inode, name, ctx)
         check_name(name)
         parent = self._node(parent_inode)
-        self._enter(ctx, parent, new_names=True)
+        caller = self._enter(ctx, parent, new_names=True)
         try:
             fd, st = await self._io(parent.subtree, backing.lookup, (self.inodes.fd(parent),),
-                                    name, new_fds=first_fd)
+                                    name, _as_squashed(caller), new_fds=first_fd)
         except FileNotFoundError:
             negative = EntryAttributes()
             negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
@@ -111,8 +119,15 @@ class Ops(XattrOps, RangeOps):
         # is done as the caller only where the backing filesystem must judge it too.
         if fields.update_mode:
             current = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
-            backing.refuse_setid_on_file(attr.st_mode, current.st_mode)
-            await self._io(subtree, backing.chmod, (self.inodes.fd(node),), attr.st_mode, caller)
+            if self.ctx.config.access.deny_special_files:
+                # Only bits the file lacks: a kill-priv SETATTR may keep one it has.
+                backing.refuse_setid_on_file(attr.st_mode & ~current.st_mode, current.st_mode)
+            chmod_as = caller
+            if (current.st_uid != caller.uid and not isinstance(caller, SquashedRoot)
+                    and backing.kills_privileges(attr.st_mode, current.st_mode)):
+                chmod_as = _DAEMON  # a permitted non-owner's write/truncate/chown (SPEC 3)
+            await self._io(subtree, backing.chmod, (self.inodes.fd(node),), attr.st_mode,
+                           chmod_as)
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1
@@ -130,7 +145,7 @@ class Ops(XattrOps, RangeOps):
                 subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
-                caller if caller.uid == NOBODY else Caller(0, 0, caller.pid),
+                caller if isinstance(caller, SquashedRoot) else Caller(0, 0, caller.pid),
             )
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
@@ -173,6 +188,8 @@ class Ops(XattrOps, RangeOps):
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        if self.ctx.config.access.deny_special_files:
+            backing.refuse_special(mode)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
                               mode, rdev, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -190,14 +207,15 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
-        parent, _ = self._parent_for_change(new_parent_inode, new_name, ctx)
+        parent, caller = self._parent_for_change(new_parent_inode, new_name, ctx)
         if ctlfiles.is_control(inode):
             raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
         if node.subtree is not parent.subtree:
             raise OSError(errno.EXDEV, "hard link between subtrees")
         fds = (self.inodes.fd(node), self.inodes.fd(parent))
-        made = await self._io(parent.subtree, backing.link, fds, new_name, new_fds=first_fd)
+        made = await self._io(parent.subtree, backing.link, fds, new_name,
+                              _as_squashed(caller), new_fds=first_fd)
         return self._adopt(parent, new_name, made)
 
     @override
@@ -228,6 +246,9 @@ class Ops(XattrOps, RangeOps):
         new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
         if old_parent.subtree is not new_parent.subtree:
             raise OSError(errno.EXDEV, "rename between subtrees")
+        if flags & syscalls.RENAME_WHITEOUT and (
+                self.ctx.config.access.deny_special_files):
+            raise OSError(errno.EPERM, "whiteouts are not created (access.deny_special_files)")
         fds = (self.inodes.fd(old_parent), self.inodes.fd(new_parent))
         await self._io(old_parent.subtree, backing.rename, fds, name_old, name_new, flags,
                        caller)
@@ -245,7 +266,7 @@ class Ops(XattrOps, RangeOps):
         self.handles.check_room()
         fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
                             new_fds=the_fd)
-        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
+        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller)
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
         # go through the same page cache.
@@ -256,6 +277,8 @@ class Ops(XattrOps, RangeOps):
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        if self.ctx.config.access.deny_special_files:
+            backing.refuse_setid_on_file(mode, stat.S_IFREG)
         self.handles.check_room()
         fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
                                          name, flags, mode, caller, new_fds=two_fds)
@@ -266,7 +289,7 @@ class Ops(XattrOps, RangeOps):
             os.close(path_fd)
             raise
         node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
-        handle = self.handles.add_file(node, fd, True)
+        handle = self.handles.add_file(node, fd, True, caller)
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
     @override
@@ -284,7 +307,8 @@ class Ops(XattrOps, RangeOps):
         if isinstance(handle, ControlHandle):
             return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, os.pwrite, (handle.fd,), buf, off)
+        return await self._io(handle.node.subtree, backing.write, (handle.fd,), buf, off,
+                              handle.caller)
 
     @override
     async def flush(self, fh: FileHandleT) -> None:

@@ -22,10 +22,16 @@ from fusemount.core.records import Caller
 from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import OpsBase
+from fusemount.view.gate import OpsBase, SquashedRoot
 from fusemount.view.inodes import Node
 
 _PRIVATE_XATTR_NS = (b"trusted.", b"security.")
+_ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+
+
+def _reader(caller: Caller) -> Caller:
+    """Reads run as root (the kernel checked the caller), but a squashed root as nobody."""
+    return caller if isinstance(caller, SquashedRoot) else Caller(0, 0, caller.pid)
 
 
 class XattrOps(OpsBase):
@@ -43,8 +49,15 @@ class XattrOps(OpsBase):
         node, caller = self._xattr_node(inode, ctx, False)
         if caller.uid != 0 and name.startswith(b"trusted."):
             raise OSError(pyfuse3.ENOATTR, "hidden namespace")
-        return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),), name,
-                              Caller(0, 0, caller.pid))
+        try:
+            return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),),
+                                  name, _reader(caller))
+        except OSError as exc:
+            # A source without xattrs (ramfs) has no ACL: say so, and the kernel lets the
+            # mode bits decide, as natively; EOPNOTSUPP would fail every access.
+            if exc.errno == errno.EOPNOTSUPP and name in _ACL_NAMES:
+                raise OSError(pyfuse3.ENOATTR, "no ACL on this source") from None
+            raise
 
     @override
     @fuse_handler
@@ -53,7 +66,7 @@ class XattrOps(OpsBase):
             return []
         node, caller = self._xattr_node(inode, ctx, False)
         names = await self._io(node.subtree, backing.listxattr, (self.inodes.fd(node),),
-                               Caller(0, 0, caller.pid))
+                               _reader(caller))
         if caller.uid != 0:
             names = [n for n in names if not n.startswith(b"trusted.")]
         return [XAttrNameT(n) for n in names]

@@ -1,5 +1,8 @@
 """`set NAME squash=root`: root works in the subtree as nobody (65534); control unchanged.
 
+A squashed root is nobody everywhere (lookup, getattr, readlink, link, xattrs), as natively
+for nobody; and a real user whose uid is 65534 is an ordinary user (issue 12 items 10, 12).
+
 Before the squash root reads alice's 0600 file (so the refusal after it is the squash's doing);
 after it root is refused, what root creates belongs to nobody, and root still runs every
 control command, including the one that lifts the squash.
@@ -13,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import config, make_dir, make_file
+from tests.permissions.common import ROOT, config, make_dir, make_file
 from tests.support.daemon import ViewFactory, ViewHandle
-from tests.support.users import Users
+from tests.support.users import User, Users, py_as
 
 pytestmark = pytest.mark.needs_root
 
@@ -97,3 +100,74 @@ def test_root_squash_control_plane_unchanged(
     view.ok("detach other")
     view.ok("detach sq")
     assert view.mounts_json() == []
+
+
+# Runs as the prober with BASE set: what a caller meets in alice's private places.
+_NOBODY_SCRIPT = r'''
+out = {}
+def stat_of(p):
+    st = os.lstat(p)
+    return [st.st_uid, oct(st.st_mode)]
+out["stat in 0700 dir"] = errno_of(lambda: stat_of(BASE + "/priv/f"))
+out["list 0700 dir"] = errno_of(lambda: os.listdir(BASE + "/priv"))
+out["readlink in 0700 dir"] = errno_of(lambda: os.readlink(BASE + "/priv/lnk"))
+out["getxattr of 0600 file"] = errno_of(lambda: os.getxattr(BASE + "/closed", "user.k"))
+out["setxattr of 0600 file"] = errno_of(lambda: os.setxattr(BASE + "/closed", "user.n", b"v"))
+out["hard link of 0600 file"] = errno_of(lambda: os.link(BASE + "/closed", BASE + "/hl"))
+out["read 0644 file"] = errno_of(lambda: open(BASE + "/open").read())
+print(json.dumps(out))
+'''
+
+
+def _private_tree(root: Path, users: Users) -> Path:
+    alice = users.alice
+    top = make_dir(root, 0o777, alice.uid, alice.gid)
+    priv = make_dir(top / "priv", 0o700, alice.uid, alice.gid)
+    make_file(priv / "f", 0o600, alice.uid, alice.gid)
+    os.symlink("secret-target", priv / "lnk")
+    closed = make_file(top / "closed", 0o600, alice.uid, alice.gid)
+    os.setxattr(closed, "user.k", b"secret")
+    make_file(top / "open", 0o644, alice.uid, alice.gid)
+    return top
+
+
+@pytest.mark.timeout(60)
+def test_root_squash_root_is_nobody_for_lookup_getattr_readlink_link_and_xattrs(
+    view_factory: ViewFactory, source: Path, test_root: Path, users: Users
+) -> None:
+    """Differential: a squashed root through the view meets what nobody meets natively."""
+    native = _private_tree(source / "native", users)
+    src = _private_tree(source / "src", users)
+    view = view_factory(config_text=config())
+    view.ok(f"attach sq {src} owner={users.alice.name}")
+    view.ok("set sq squash=root")
+    nobody = User("nobody", NOBODY, NOBODY, frozenset())
+    want = py_as(nobody, f"BASE = {str(native)!r}\n" + _NOBODY_SCRIPT)
+    got = py_as(ROOT, f"BASE = {str(view.path / 'sq')!r}\n" + _NOBODY_SCRIPT)
+    assert got == want
+    assert isinstance(want, dict) and want["stat in 0700 dir"] == "EACCES"
+    assert not (src / "hl").exists()
+
+
+@pytest.mark.timeout(60)
+def test_real_uid_65534_user_is_not_taken_for_a_squashed_root(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    """uid 65534 is a real user here (nobody): touch on a file it may write works, as natively."""
+    alice = users.alice
+    src = make_dir(source / "src", 0o777, alice.uid, alice.gid)
+    shared = make_file(src / "shared", 0o666, alice.uid, alice.gid)
+    os.utime(shared, ns=(1_000_000_000, 1_000_000_000))
+    view = view_factory(config_text=config())
+    view.ok(f"attach pub {src} owner={alice.name} allow={NOBODY}:rw")
+    nobody = User("nobody", NOBODY, NOBODY, frozenset())
+    target = str(view.path / "pub" / "shared")
+    got = py_as(nobody, f"""
+print(json.dumps({{
+    "touch": errno_of(lambda: os.utime({target!r})),
+    "explicit times": errno_of(lambda: os.utime({target!r}, ns=(5, 5))),
+}}))
+""")
+    # Natively: UTIME_NOW needs write access, explicit times need ownership.
+    assert got == {"touch": 0, "explicit times": "EPERM"}
+    assert os.stat(shared).st_mtime_ns > 1_000_000_000

@@ -4,8 +4,8 @@ Job: CASES maps a name to a function that takes an empty directory, exercises on
 of SPEC 3 there (normal and error paths) and returns a JSON-able summary of what happened:
 values, and errno names ("ENOENT") where a call failed. test_differential.py runs each case on
 a plain directory and on a subtree of the view; the summaries must be equal. RULES holds the
-behaviours where SPEC 3/4 makes the view differ from a plain directory on purpose (device
-nodes, set-ID bits, the immutable root, `.fusemount/`), each with the summary the view must
+behaviours where SPEC 3/4 makes the view differ from a plain directory on purpose (the
+immutable root, `.fusemount/`), each with the summary the view must
 give; those functions take the subtree's directory and reach the view root as its parent.
 
 Never: put anything in a summary that legitimately differs between the two runs (inode and
@@ -1636,8 +1636,9 @@ def xattr_trusted_as_root(d: Path) -> JSON:
 # --- SPEC rules: where the view differs from a plain directory on purpose -------------------------
 
 
-@rule({"chr": "EPERM", "blk": "EPERM", "whiteout_made_device": False, "names": []})
-def device_nodes_are_never_created(d: Path) -> JSON:
+@case
+def device_nodes_as_natively(d: Path) -> JSON:
+    """SPEC 3: device nodes and whiteouts follow native rules (deny_special_files is off)."""
     write_file(d / "w", b"")
     out: dict[str, JSON] = {
         "chr": outcome(lambda: os.mknod(d / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))),
@@ -1652,12 +1653,9 @@ def device_nodes_are_never_created(d: Path) -> JSON:
     return out
 
 
-@rule({
-    "chmod_4755": "EPERM", "chmod_2755": "EPERM", "chmod_6755": "EPERM", "fchmod_4755": "EPERM",
-    "after": "0o755", "create_setuid": "EPERM", "mknod_setgid": "EPERM", "names": ["f"],
-    "dir_setgid": None, "dir_after": "0o2755",
-})
-def setid_bits_never_set_on_regular_files(d: Path) -> JSON:
+@case
+def setid_bits_as_natively(d: Path) -> JSON:
+    """SPEC 3: owners set set-ID bits as chmod would natively (deny_special_files is off)."""
     f = d / "f"
     write_file(f, b"#!/bin/sh\n", 0o755)
     os.chmod(f, 0o755)

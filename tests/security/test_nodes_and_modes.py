@@ -1,8 +1,11 @@
 """Device nodes, set-ID bits and mount flags: the view must never become a privilege source.
 
-SPEC 2: the view is mounted nosuid,nodev, type fuse.fusemount, fsname fusemount. SPEC 3: block
-and character device nodes are never created (EPERM), and set-user-ID/set-group-ID bits are
-never set on a regular file through the view (EPERM), root included.
+SPEC 2: the view is mounted nosuid,nodev, type fuse.fusemount, fsname fusemount. SPEC 3: with
+access.deny_special_files = true, block and character device nodes (whiteouts included) are
+never created (EPERM), and set-user-ID/set-group-ID bits are never set on a regular file
+through the view (EPERM), root included. Without it they follow native rules per caller
+(tests/permissions/test_special_files.py); a set-ID or device file is never honoured through
+the view either way.
 """
 
 from __future__ import annotations
@@ -23,8 +26,14 @@ from tests.security.escape import (
     rename_paths,
     snapshot,
 )
-from tests.support.daemon import ViewHandle
+from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.users import Users, py_as, run_as
+
+
+@pytest.fixture
+def deny_view(view_factory: ViewFactory) -> ViewHandle:
+    """A view that refuses special files (access.deny_special_files = true)."""
+    return view_factory(config_text="[access]\ndeny_special_files = true\n")
 
 
 def _no_device_or_setid(root: Path) -> None:
@@ -40,10 +49,10 @@ def _no_device_or_setid(root: Path) -> None:
 
 @pytest.mark.timeout(60)
 def test_device_nodes_created_through_view_fail_eperm_even_for_root(
-    view: ViewHandle, trees: Trees
+    deny_view: ViewHandle, trees: Trees
 ) -> None:
-    view.ok(f"attach data {trees.source}")
-    d = view.path / "data"
+    deny_view.ok(f"attach data {trees.source}")
+    d = deny_view.path / "data"
     got = {
         "char 1:3": errno_of(lambda: os.mknod(d / "null", stat.S_IFCHR | 0o666,
                                               os.makedev(1, 3))),
@@ -61,11 +70,11 @@ def test_device_nodes_created_through_view_fail_eperm_even_for_root(
 
 @pytest.mark.timeout(60)
 def test_rename_whiteout_through_view_leaves_no_device_node(
-    view: ViewHandle, trees: Trees
+    deny_view: ViewHandle, trees: Trees
 ) -> None:
     before = snapshot(trees.source)
-    view.ok(f"attach data {trees.source}")
-    d = view.path / "data"
+    deny_view.ok(f"attach data {trees.source}")
+    d = deny_view.path / "data"
     code = errno_of(lambda: rename_paths(d / "hello.txt", d / "moved", RENAME_WHITEOUT))
     assert code in (errno.EINVAL, errno.EPERM), name_of(code)
     assert snapshot(trees.source) == before
@@ -74,10 +83,10 @@ def test_rename_whiteout_through_view_leaves_no_device_node(
 
 @pytest.mark.timeout(60)
 def test_setid_bits_on_regular_file_through_view_fail_eperm_even_for_root(
-    view: ViewHandle, trees: Trees
+    deny_view: ViewHandle, trees: Trees
 ) -> None:
-    view.ok(f"attach data {trees.source}")
-    d = view.path / "data"
+    deny_view.ok(f"attach data {trees.source}")
+    d = deny_view.path / "data"
     f = d / "hello.txt"
     got = {
         "chmod u+s": errno_of(lambda: os.chmod(f, 0o4755)),
@@ -105,11 +114,11 @@ def _fchmod(path: Path, mode: int) -> None:
 
 @pytest.mark.timeout(60)
 def test_setid_bits_on_own_file_through_view_fail_eperm_for_a_user(
-    view: ViewHandle, trees: Trees, users: Users
+    deny_view: ViewHandle, trees: Trees, users: Users
 ) -> None:
     trees.source.chmod(0o777)
-    view.ok(f"attach data {trees.source} allow={users.alice.name}:rw")
-    d = str(view.path / "data")
+    deny_view.ok(f"attach data {trees.source} allow={users.alice.name}:rw")
+    d = str(deny_view.path / "data")
     got = py_as(users.alice, f"""
 d = {d!r}
 fd = os.open(d + "/mine", os.O_CREAT | os.O_WRONLY, 0o755)

@@ -38,6 +38,7 @@ source_roots = ["/srv", "/data/"]
 fstypes = ["ext4", "xfs", "fuse.sshfs"]
 require_mountpoint = true
 mount_fstypes = ["tmpfs"]
+deny_special_files = true
 
 [limits]
 max_subtrees = 200
@@ -70,6 +71,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             fstypes=("ext4", "xfs", "fuse.sshfs"),
             require_mountpoint=True,
             mount_fstypes=("tmpfs",),
+            deny_special_files=True,
         ),
         limits=Limits(
             max_subtrees=200,
@@ -162,6 +164,7 @@ BAD: list[tuple[str, str]] = [
     ("[access]\nself_service = 'yes'\n", "access.self_service: expected a boolean, got 'yes'"),
     ("[access]\nself_service = 1\n", "access.self_service: expected a boolean, got 1"),
     ("[access]\nrequire_mountpoint = 0\n", "access.require_mountpoint: expected a boolean"),
+    ("[access]\ndeny_special_files = 1\n", "access.deny_special_files: expected a boolean"),
     ("[performance]\nbusy_poll = 'auto'\n", "performance.busy_poll: expected a boolean"),
     # integers
     ("[limits]\nmax_subtrees = true\n", "limits.max_subtrees: expected an integer, got true"),
