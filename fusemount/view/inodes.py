@@ -64,7 +64,8 @@ import hashlib
 import logging
 import os
 import stat
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from itertools import islice
 
@@ -78,6 +79,9 @@ FIRST_DYNAMIC_INO = 1000  # 1..999 are the view's own objects (ctlfiles)
 MAX_MOUNT_FDS = 256  # directory descriptors kept to re-open handles on nested mounts
 _REOPEN_FLAGS = os.O_PATH | os.O_CLOEXEC
 _KEY_BITS = (1 << 63) - 1
+# Entries asked for in this window count as already gone: the kernel's forgets take a
+# moment, and a hint that no longer matches (renamed since) never brings one.
+_TRIM_PENDING_S = 2.0
 
 
 def _key(*parts: bytes | int | str) -> int:
@@ -145,7 +149,7 @@ class InodeTable:
         self._dev_keys: dict[tuple[SubtreeId, int], int] = {}  # K of each filesystem seen
         self._mount_fds: dict[tuple[SubtreeId, int], int] = {}  # (subtree, mnt id) -> fd
         self._held = 0  # descriptors owned by nodes
-        self._trim_pending = 0  # nodes with trimming set
+        self._asked: deque[tuple[float, int]] = deque()  # (when, how many) cold_entries asked
         self._evictions = 0
         self._reopens = 0
 
@@ -250,7 +254,7 @@ class InodeTable:
             # Recently found: move to the end, so trimming takes the coldest first.
             del self._by_ino[node.ino]
             self._by_ino[node.ino] = node
-        self._untrim(node)
+        node.trimming = False
         node.lookups += 1
         return node
 
@@ -268,7 +272,7 @@ class InodeTable:
 
     def count_lookup(self, node: Node) -> None:
         """One more kernel reference to a node already in the table (readdirplus, root)."""
-        self._untrim(node)
+        node.trimming = False
         node.lookups += 1
 
     # --- bounding memory and descriptors ------------------------------------------------------
@@ -278,27 +282,30 @@ class InodeTable:
         return (len(self._by_ino) > self.max_inodes
                 or len(self._stuck) > self.max_stuck_fds)
 
-    def _untrim(self, node: Node) -> None:
-        if node.trimming:
-            node.trimming = False
-            self._trim_pending -= 1
-
-    def _mark(self, node: Node, out: list[tuple[int, bytes]]) -> bool:
+    @staticmethod
+    def _mark(node: Node, out: list[tuple[int, bytes]]) -> bool:
         if node.trimming or node.pins or node.is_root or not node.parent:
             return False
         node.trimming = True
-        self._trim_pending += 1
         out.append((node.parent, node.name))
         return True
+
+    def _pending(self) -> int:
+        """How many entries the kernel was asked to drop in the last _TRIM_PENDING_S."""
+        horizon = time.monotonic() - _TRIM_PENDING_S
+        while self._asked and self._asked[0][0] < horizon:
+            self._asked.popleft()
+        return sum(n for _, n in self._asked)
 
     def cold_entries(self, batch: int) -> list[tuple[int, bytes]]:
         """(parent, name) of up to batch cold nodes when the table is over budget: stuck
         descriptors past max_stuck_fds first (they are what the kernel's forget frees), then
         the least recently found nodes past max_inodes. Asking the kernel to drop these
-        entries makes it forget the inodes (SPEC 6). Nodes already asked for count as gone,
-        so a burst of lookups before the forgets arrive does not empty the whole table."""
+        entries makes it forget the inodes (SPEC 6). Entries asked for recently count as
+        gone, so a burst of lookups before the forgets arrive does not empty the table."""
         out: list[tuple[int, bytes]] = []
-        stuck_excess = len(self._stuck) - self.max_stuck_fds - self._trim_pending
+        pending = self._pending()
+        stuck_excess = len(self._stuck) - self.max_stuck_fds - pending
         if stuck_excess > 0:
             want = min(batch, stuck_excess)
             seen = list(islice(self._stuck.values(), 4 * want + 64))
@@ -308,9 +315,9 @@ class InodeTable:
                 self._mark(node, out)
             for node in seen:  # looked at: to the back, the next call starts on fresh ones
                 self._stuck.move_to_end(node.ino)
-        excess = len(self._by_ino) - self.max_inodes - self._trim_pending
+        excess = len(self._by_ino) - self.max_inodes - pending - len(out)
         if excess <= 0 or len(out) >= batch:
-            return out
+            return self._asking(out)
         want = min(batch - len(out), excess)
         seen = []
         for node in self._by_ino.values():
@@ -322,6 +329,11 @@ class InodeTable:
         for node in seen:
             del self._by_ino[node.ino]
             self._by_ino[node.ino] = node
+        return self._asking(out)
+
+    def _asking(self, out: list[tuple[int, bytes]]) -> list[tuple[int, bytes]]:
+        if out:
+            self._asked.append((time.monotonic(), len(out)))
         return out
 
     def fd(self, node: Node) -> int:
@@ -465,7 +477,6 @@ class InodeTable:
             return
         if node.is_root and not node.subtree.detached:
             return
-        self._untrim(node)
         self._by_ino.pop(node.ino, None)
         self._by_key.pop((node.subtree.id, node.dev, node.st_ino), None)
         self._lru.pop(node.ino, None)
@@ -512,4 +523,4 @@ class InodeTable:
         self._lru.clear()
         self._stuck.clear()
         self._held = 0
-        self._trim_pending = 0
+        self._asked.clear()
