@@ -50,6 +50,11 @@ def stat_name(parent_fd: int, name: bytes) -> os.stat_result:
     return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
 
 
+def handle_of(parent_fd: int, name: bytes) -> bytes:
+    """The file handle of name (never following it), without opening it."""
+    return syscalls.name_to_handle_at(parent_fd, name, 0)[0]
+
+
 def getattr_(fd: int) -> os.stat_result:
     return os.fstat(fd)
 

@@ -375,7 +375,17 @@ class Ops(XattrOps):
         except FileNotFoundError:
             return None  # removed since getdents64 saw it
         node = inodes.find(subtree, st.st_dev, st.st_ino)
-        if node is None or node.fd < 0 or not subtree.live:
+        if node is not None and node.fd < 0 and node.handle is not None:
+            # Evicted: still the object the table remembers, or a new one behind a
+            # recycled st_ino? Its file handle says, without opening it.
+            try:
+                same = node.handle == await self._io(subtree, backing.handle_of,
+                                                     (handle.fd,), name)
+            except OSError:
+                same = False
+            if not same:
+                node = None
+        if node is None or (node.fd < 0 and node.handle is None) or not subtree.live:
             # Not held: open it, so a new object behind a recycled st_ino is told apart
             # from the one the table remembers (InodeTable.adopt).
             try:
