@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pyfuse3
 import pytest
@@ -224,4 +225,49 @@ def test_nodes_without_file_handles_are_stuck_and_over_budget(tmp_path: Path) ->
 
     run(body)
     ops.inodes.close_all()
+    live.close()
+
+
+def test_readdir_tells_a_recycled_st_ino_from_an_evicted_node(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ops, live = make_ops(tree, max_cached_fds=4)
+    table = ops.inodes
+    listed: dict[bytes, tuple[int, int]] = {}
+
+    def reply(token: object, name: bytes, attrs: pyfuse3.EntryAttributes, off: int) -> bool:
+        listed[name] = (attrs.st_ino, attrs.generation)
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+
+    async def listing(dir_ino: int) -> dict[bytes, tuple[int, int]]:
+        listed.clear()
+        fh = await ops.opendir(pyfuse3.InodeT(dir_ino), CTX)
+        await ops.readdir(fh, 0, cast(pyfuse3.ReaddirToken, None))
+        await ops.releasedir(fh)
+        return dict(listed)
+
+    async def body() -> None:
+        d0 = await ops.lookup(pyfuse3.InodeT(live.root_ino), b"d0", CTX)
+        first = await listing(d0.st_ino)
+        assert len(first) == 22 and all(gen == 0 for _, gen in first.values())
+        # Evicted nodes found again: same numbers, same generation, and no re-open.
+        opens = table.statistics().held_fds
+        assert await listing(d0.st_ino) == first
+        assert table.statistics().held_fds <= max(opens, 4)
+        # One node's object replaced behind its back (a recycled st_ino looks like this:
+        # same dev and st_ino, another file handle).
+        node = table.node(first[b"f5"][0])
+        if node.fd >= 0:
+            table._lru.pop(node.ino, None)
+            table._evict(node)
+        assert node.fd < 0 and node.handle
+        node.handle = node.handle[:-1] + bytes([node.handle[-1] ^ 0xFF])
+        again = await listing(d0.st_ino)
+        assert again[b"f5"] == (first[b"f5"][0], 1)
+        assert {k: v for k, v in again.items() if k != b"f5"} == {
+            k: v for k, v in first.items() if k != b"f5"}
+
+    run(body)
     live.close()
