@@ -271,3 +271,24 @@ def test_readdir_tells_a_recycled_st_ino_from_an_evicted_node(
 
     run(body)
     live.close()
+
+
+def test_nested_filesystem_is_numbered_by_where_it_is_mounted_not_its_st_dev(
+    tree: Path,
+) -> None:
+    """A tmpfs or loop mount inside the source gets another st_dev each time it is mounted:
+    numbers derive from its mount point, so they survive that (and a restart)."""
+    numbers = []
+    for fake_dev in (111, 222):  # the same nested filesystem, mounted twice
+        ops, live = make_ops(tree)
+        table = ops.inodes
+        root = table.node(live.root_ino)
+        d0 = table.adopt(live, os.open(tree / "d0", os.O_PATH | os.O_CLOEXEC), root.dev,
+                         os.lstat(tree / "d0").st_ino, live.root_ino, b"d0")
+        mnt = table.adopt(live, os.dup(table.fd(d0)), fake_dev, 2, d0.ino, b"mnt")
+        leaf = table.adopt(live, os.dup(table.fd(d0)), fake_dev, 77, mnt.ino, b"leaf")
+        numbers.append((mnt.ino, leaf.ino))
+        assert len({root.ino, d0.ino, mnt.ino, leaf.ino}) == 4
+        table.close_all()
+        live.close()
+    assert numbers[0] == numbers[1]
