@@ -10,12 +10,13 @@ and a filesystem mounted inside it is named by where it was first met (K of the
 filesystem above it, the st_ino of the directory holding the mount point, and the mount
 point's name), not by its st_dev, which changes whenever a tmpfs or loop device is
 mounted again. Within one filesystem of one subtree the xor is a bijection, so two
-objects never share a number; across filesystems and subtrees the keys differ in their
-high bits, so numbers meet only by a 2^-40-ish accident, and any number already taken in
-the table (or in the control range below FIRST_DYNAMIC_INO) is resolved by probing a
-deterministic sequence from it. Hence: the same object keeps its number after the kernel
-forgets it (drop_caches, max_inodes trimming), after descriptor eviction, and across
-restarts of the daemon with the same subtree names.
+objects never share a number; across filesystems and subtrees two plain numbers meet only
+if st_ino1 ^ st_ino2 == K1 ^ K2, which for inode numbers below 2^32 needs two keys that
+agree in their top 31 bits (a chance of 2^-31 per pair of filesystems), and any number
+already taken in the table (or in the control range below FIRST_DYNAMIC_INO) is resolved
+by probing a deterministic sequence from it. Hence: the same object keeps its number
+after the kernel forgets it (drop_caches, max_inodes trimming), after descriptor eviction,
+and across restarts of the daemon with the same subtree names.
 
 Reuse of st_ino. Filesystems recycle inode numbers of deleted files. While the kernel still
 holds the old node (its number, our table entry) and we no longer hold the old object's
@@ -43,14 +44,15 @@ inode, name), and the caller asks the kernel to drop those entries; the kernel t
 the inodes. Entries in use (a cwd, an open file) stay, so the table can exceed the cap by
 what is in use.
 
-Known gaps. A hash collision resolved by probing depends on which object the table met
-first, so after a restart the second object of a colliding pair may get another number
-(the chance is about n^2/2^64 for n objects known at once). Two objects never share a
-number while both are in the table, but one the kernel has forgotten is not checked against
-(the same accident). A filesystem mounted at two places inside one source is keyed by the
-place first met, which may differ after a restart. Renaming or re-attaching a subtree
-under another name renumbers it; detaching and re-attaching a name to another source
-reuses the key space (numbers in use by the old subtree are probed around).
+Known gaps. A collision resolved by probing depends on which object the table met first,
+so after a restart the second object of a colliding pair may get another number (the
+2^-31-per-pair accident above, or a source with inode numbers near 2^63). Two objects never
+share a number while both are in the table, but one the kernel has forgotten is not
+checked against (the same accident). A filesystem mounted at two places inside one source
+is keyed by the place first met, which may differ after a restart. Renaming or
+re-attaching a subtree under another name renumbers it; detaching and re-attaching a name
+to another source reuses the key space (numbers the old subtree still uses are probed
+around).
 
 Invariants: `lookups` changes only in adopt(), count_lookup() and forget(); a node leaves
 the tables exactly when its lookup count reaches zero (subtree roots: when also detached).
