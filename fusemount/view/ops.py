@@ -383,7 +383,8 @@ class Ops(XattrOps):
                                                      (handle.fd,), name)
             except OSError:
                 same = False
-            if not same:
+            # An offloaded call awaits: a forget may have dropped the node meanwhile.
+            if not same or inodes.find(subtree, st.st_dev, st.st_ino) is not node:
                 node = None
         if node is None or (node.fd < 0 and node.handle is None) or not subtree.live:
             # Not held: open it, so a new object behind a recycled st_ino is told apart
