@@ -33,10 +33,14 @@ re-opens it with open_by_handle_at, on the subtree's own detached mount or, for 
 filesystem mounted inside the source, on one non-O_PATH directory descriptor kept per such
 mount (at most MAX_MOUNT_FDS), so it can only ever reach the object it was minted from.
 Objects that cannot be re-opened that way (ramfs and other filesystems without file
-handles, mounts past the cap) are "stuck": they keep their descriptor until the kernel
-forgets them, and once more than `max_stuck_fds` are stuck, cold_entries() asks the kernel to
-forget the coldest of them, whatever max_inodes says. Idle descriptors, evictable or stuck,
-never exceed `max_cached_fds` for longer than the kernel takes to send its forgets.
+handles, mounts past the cap) are "stuck": once more than `max_stuck_fds` are stuck,
+cold_entries() asks the kernel to forget the coldest of them, whatever max_inodes says. The
+kernel can be slow to (an invalidation waits for the directory's lock, which a listing of
+that very directory keeps taking), so past twice that the coldest stuck descriptors are
+closed anyway: such an "orphan" is re-opened, if the kernel uses it before forgetting it,
+by its name in its parent's descriptor (one openat with O_NOFOLLOW, never a path), and only
+if that name still holds the same (st_dev, st_ino); otherwise ESTALE. Idle descriptors,
+evictable or stuck, never exceed `max_cached_fds`.
 
 Memory is bounded the same way from the other side: past `max_inodes` known objects,
 cold_entries() names the least recently found ones by where the kernel found them (parent
@@ -113,6 +117,7 @@ class Node:
     handle: bytes | None = None
     mount_fd: int = -1  # where handle re-opens: a nested mount's fd; -1 = the subtree's
     evictable: bool = True  # False: "stuck", no way to re-open it (see the module doc)
+    orphan: bool = False  # stuck, and its descriptor closed: re-opens by (parent, name)
     is_root: bool = False
     # FUSE generation: bumped when this number passes to a new object with a recycled
     # st_ino while the kernel may still hold the old one. Changed only by adopt().
@@ -150,6 +155,9 @@ class InodeTable:
         self._stuck: OrderedDict[int, Node] = OrderedDict()  # idle nodes that cannot evict
         self._dev_keys: dict[tuple[SubtreeId, int], int] = {}  # K of each filesystem seen
         self._mount_fds: dict[tuple[SubtreeId, int], int] = {}  # (subtree, mnt id) -> fd
+        # Subtrees whose source filesystem has no file handles (ramfs): its st_dev, so its
+        # nodes count as stuck from the start and trimming begins before the cache is full.
+        self._handleless: dict[SubtreeId, int] = {}
         self._held = 0  # descriptors owned by nodes
         self._asked: deque[tuple[float, int]] = deque()  # (when, how many) cold_entries asked
         self._evictions = 0
@@ -213,6 +221,8 @@ class InodeTable:
         # after a restart (loop devices, tmpfs) while its objects are the same.
         key = _key("subtree", subtree.name)
         self._dev_keys[(subtree.id, st.st_dev)] = key
+        if subtree.source.mnt_id < 0:
+            self._handleless[subtree.id] = st.st_dev
         node = Node(self._number(key, st.st_ino), subtree, st.st_dev, st.st_ino,
                     subtree.source.root_fd, evictable=False, is_root=True)
         self._by_ino[node.ino] = node
@@ -235,18 +245,20 @@ class InodeTable:
         if node is None:
             key = self._dev_key(subtree, dev, self._by_ino.get(parent), name)
             node = Node(self._number(key, st_ino), subtree, dev, st_ino, fd,
-                        parent=parent, name=name)
+                        parent=parent, name=name,
+                        evictable=self._handleless.get(subtree.id) != dev)
             self._by_ino[node.ino] = node
             self._by_key[(subtree.id, dev, st_ino)] = node
             self._held += 1
             self._idle(node)
         elif node.fd < 0:
-            if not self._same_object(node, fd):
+            if not node.orphan and not self._same_object(node, fd):
                 node.generation += 1
                 node.handle = None
                 node.mount_fd = -1
-                node.evictable = True
+                node.evictable = self._handleless.get(subtree.id) != dev
             node.fd = fd
+            node.orphan = False
             self._held += 1
             self._idle(node)
         else:
@@ -351,8 +363,14 @@ class InodeTable:
             elif node.ino in self._stuck:
                 self._stuck.move_to_end(node.ino)
             return fd
-        if node.handle is None or node.subtree.source is None:
+        if node.subtree.source is None:
             raise OSError(errno.ESTALE, "stale inode")
+        if node.handle is None:
+            if not node.orphan:
+                raise OSError(errno.ESTALE, "stale inode")
+            fd = self._reopen_orphan(node)
+            self._idle(node)
+            return fd
         mount_fd = node.mount_fd if node.mount_fd >= 0 else node.subtree.mount_fd()
         fd = syscalls.open_by_handle_at(mount_fd, node.handle, _REOPEN_FLAGS)
         st = os.fstat(fd)
@@ -363,6 +381,27 @@ class InodeTable:
         self._held += 1
         self._reopens += 1
         self._idle(node)
+        return fd
+
+    def _reopen_orphan(self, node: Node, depth: int = 0) -> int:
+        """Open an orphan again by its name in its parent (see the module doc)."""
+        parent = self._by_ino.get(node.parent)
+        if parent is None or parent.subtree is not node.subtree or depth > 256:
+            raise OSError(errno.ESTALE, "stale inode")
+        if parent.fd >= 0 or not parent.orphan:
+            parent_fd = self.fd(parent)
+        else:
+            parent_fd = self._reopen_orphan(parent, depth + 1)
+            self._idle(parent)
+        fd = os.open(node.name, _REOPEN_FLAGS | os.O_NOFOLLOW, dir_fd=parent_fd)
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (node.dev, node.st_ino):
+            os.close(fd)
+            raise OSError(errno.ESTALE, "the name holds another object now")
+        node.fd = fd
+        node.orphan = False
+        self._held += 1
+        self._reopens += 1
         return fd
 
     def pin(self, node: Node) -> None:
@@ -385,6 +424,7 @@ class InodeTable:
             os.close(node.fd)
             node.fd = -1
             node.handle = None
+            node.orphan = False
             self._held -= 1
             return
         if node.evictable:
@@ -398,6 +438,16 @@ class InodeTable:
         while self._lru and len(self._lru) + len(self._stuck) > self.max_cached_fds:
             _, victim = self._lru.popitem(last=False)
             self._evict(victim)
+        while len(self._stuck) > 2 * self.max_stuck_fds:
+            _, victim = self._stuck.popitem(last=False)
+            if victim is node:  # the caller is about to use it
+                self._stuck[node.ino] = node
+                break
+            os.close(victim.fd)
+            victim.fd = -1
+            victim.orphan = True
+            self._held -= 1
+            self._evictions += 1
 
     def _evict(self, node: Node) -> None:
         if node.handle is None:
@@ -453,13 +503,17 @@ class InodeTable:
     def release_fd(self, node: Node) -> None:
         """Close an idle node's descriptor for good (its object was unlinked): later uses
         answer ESTALE. Pinned nodes keep theirs until their last handle closes."""
-        if node.pins or node.is_root or node.fd < 0:
+        if node.pins or node.is_root:
+            return
+        node.orphan = False  # its name is gone: never re-open by it
+        if node.fd < 0:
             return
         self._lru.pop(node.ino, None)
         self._stuck.pop(node.ino, None)
         os.close(node.fd)
         node.fd = -1
         node.handle = None
+        node.orphan = False
         self._held -= 1
 
     def forget(self, ino: int, nlookup: int) -> None:
@@ -504,12 +558,14 @@ class InodeTable:
                 self._held -= 1
             node.fd = -1
             node.handle = None
+            node.orphan = False
             if node.lookups == 0:
                 self._drop_if_unused(node)
         for key in [k for k in self._mount_fds if k[0] == subtree.id]:
             os.close(self._mount_fds.pop(key))
         for key in [k for k in self._dev_keys if k[0] == subtree.id]:
             del self._dev_keys[key]
+        self._handleless.pop(subtree.id, None)
 
     def close_all(self) -> None:
         for node in list(self._by_ino.values()):
@@ -520,6 +576,7 @@ class InodeTable:
             os.close(fd)
         self._mount_fds.clear()
         self._dev_keys.clear()
+        self._handleless.clear()
         self._by_ino.clear()
         self._by_key.clear()
         self._lru.clear()

@@ -9,6 +9,7 @@ collisions, and that a recycled st_ino gets a new FUSE generation.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -206,7 +207,7 @@ def test_nodes_without_file_handles_are_stuck_and_over_budget(tmp_path: Path) ->
     try:
         for f in range(40):
             (tmp_path / f"f{f}").write_text(str(f))
-        ops, live = make_ops(tmp_path, max_cached_fds=20)
+        ops, live = make_ops(tmp_path, max_cached_fds=128)
     finally:
         subprocess.run(["umount", "-l", str(tmp_path)], check=True)
     table: InodeTable = ops.inodes
@@ -292,3 +293,46 @@ def test_nested_filesystem_is_numbered_by_where_it_is_mounted_not_its_st_dev(
         table.close_all()
         live.close()
     assert numbers[0] == numbers[1]
+
+
+@pytest.mark.needs_root
+def test_stuck_descriptors_past_twice_the_budget_are_closed_and_reopen_by_name(
+    tmp_path: Path,
+) -> None:
+    subprocess.run(["mount", "-t", "ramfs", "fmt-ramfs", str(tmp_path)], check=True)
+    try:
+        (tmp_path / "sub").mkdir()
+        for f in range(100):
+            (tmp_path / "sub" / f"f{f}").write_text(str(f))
+        ops, live = make_ops(tmp_path, max_cached_fds=64)
+    finally:
+        subprocess.run(["umount", "-l", str(tmp_path)], check=True)
+    table = ops.inodes
+    cap = 2 * table.max_stuck_fds
+
+    async def body() -> None:
+        sub = await ops.lookup(pyfuse3.InodeT(live.root_ino), b"sub", CTX)
+        numbers = [(await ops.lookup(sub.st_ino, f"f{f}".encode(), CTX)).st_ino
+                   for f in range(100)]
+        assert table.statistics().held_fds <= cap
+        orphans = [ino for ino in numbers if table.node(ino).orphan]
+        assert len(orphans) >= 100 - cap
+        # Used again before the kernel forgot it: re-opened by its name, same object.
+        for f, ino in enumerate(numbers):
+            info = await ops.open(pyfuse3.InodeT(ino), os.O_RDONLY, CTX)
+            assert await ops.read(info.fh, 0, 10) == str(f).encode()
+            await ops.release(info.fh)
+        assert table.statistics().held_fds <= cap
+        # Its name now holds another object: ESTALE, never the other object.
+        victim = next(ino for ino in numbers if table.node(ino).orphan)
+        name = table.node(victim).name
+        sub_fd = table.fd(table.node(sub.st_ino))
+        os.rename(name, b"moved", src_dir_fd=sub_fd, dst_dir_fd=sub_fd)
+        os.mknod(name, dir_fd=sub_fd)
+        with pytest.raises(pyfuse3.FUSEError) as refused:
+            await ops.getattr(pyfuse3.InodeT(victim), CTX)
+        assert refused.value.errno == errno.ESTALE
+
+    run(body)
+    ops.inodes.close_all()
+    live.close()
