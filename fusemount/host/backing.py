@@ -56,6 +56,11 @@ def stat_name(parent_fd: int, name: bytes) -> os.stat_result:
     return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
 
 
+def handle_of(parent_fd: int, name: bytes) -> bytes:
+    """The file handle of name (never following it), without opening it."""
+    return syscalls.name_to_handle_at(parent_fd, name, 0)[0]
+
+
 def getattr_(fd: int) -> os.stat_result:
     return os.fstat(fd)
 
@@ -143,11 +148,19 @@ def opendir(fd: int, caller: Caller) -> int:
         return os.open(proc_path(fd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
 
-def listdir(dir_fd: int) -> list[bytes]:
-    """Entry names of an open directory, `.` and `..` excluded."""
-    os.lseek(dir_fd, 0, os.SEEK_SET)
-    with os.scandir(dir_fd) as it:
-        return [os.fsencode(e.name) for e in it]
+def read_dir(dir_fd: int, offset: int | None, size: int) -> bytes:
+    """The next getdents64 records (at most size bytes) of an open directory, from offset
+    (a d_off cookie the filesystem gave, or 0 for the start) or, with None, from where the
+    descriptor stands. `.` and `..` come as the filesystem lists them; b"" at the end."""
+    if offset is not None:
+        os.lseek(dir_fd, offset, os.SEEK_SET)
+    return syscalls.getdents64(dir_fd, size)
+
+
+def dir_entry(records: bytes, pos: int) -> tuple[bytes, int, int]:
+    """(name, offset of the next entry, record length) of the record at pos of read_dir's
+    result."""
+    return syscalls.dirent64_at(records, pos)
 
 
 def create(parent_fd: int, name: bytes, flags: int, mode: int,

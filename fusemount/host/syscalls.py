@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -77,6 +78,7 @@ _NR_CAPSET: Final = 126
 _NR_SETFSUID: Final = 122
 _NR_SETFSGID: Final = 123
 _NR_GETTID: Final = 186
+_NR_GETDENTS64: Final = 217
 _NR_UTIMENSAT: Final = 280
 _NR_FALLOCATE: Final = 285
 _NR_NAME_TO_HANDLE_AT: Final = 303
@@ -608,3 +610,27 @@ def open_by_handle_at(mount_fd: int, handle: bytes, flags: int) -> int:
     if fd < 0:
         raise _error()
     return fd
+
+
+# ------------------------------------------------------------------------ directories
+
+# struct linux_dirent64 { u64 d_ino; s64 d_off; u16 d_reclen; u8 d_type; char d_name[]; }
+_DIRENT64: Final = struct.Struct("<QqHB")
+
+
+def getdents64(fd: int, size: int) -> bytes:
+    """Up to size bytes of linux_dirent64 records from an open directory's current position
+    (which advances past them); b"" at the end. EINVAL if one record does not fit."""
+    buf = ctypes.create_string_buffer(size)
+    got = _syscall(_NR_GETDENTS64, fd, buf, size)
+    if got < 0:
+        raise _error()
+    return buf.raw[:got]
+
+
+def dirent64_at(records: bytes, pos: int) -> tuple[bytes, int, int]:
+    """The record of a getdents64 result starting at byte pos: (name, d_off, d_reclen).
+    d_off is the filesystem's cookie for the position after this record (lseek to it)."""
+    _, d_off, reclen, _ = _DIRENT64.unpack_from(records, pos)
+    start = pos + _DIRENT64.size
+    return records[start : records.index(b"\0", start, pos + reclen)], d_off, reclen

@@ -10,7 +10,7 @@ from pyfuse3 import EntryAttributes, InodeT, ModeT
 def fill(e: EntryAttributes, ino: int, st: os.stat_result, entry_timeout: float,
          attr_timeout: float) -> EntryAttributes:
     e.st_ino = InodeT(ino)
-    e.generation = 0  # inode numbers are never reused, so generations are not needed
+    e.generation = 0  # gate._attrs sets a node's own (recycled st_ino, inodes.py)
     e.entry_timeout = entry_timeout
     e.attr_timeout = attr_timeout
     e.st_mode = ModeT(st.st_mode)

@@ -132,19 +132,24 @@ class OpsBase(pyfuse3.Operations):
             # The kernel lets root through cached entries by capability: on a squashed
             # subtree nothing is cached, so every walk step comes back as a lookup that
             # runs as nobody (ops.lookup), as a native walk by nobody would be checked.
-            return fill(EntryAttributes(), node.ino, st, 0, 0)
-        return fill(EntryAttributes(), node.ino, st, self.entry_timeout, self.attr_timeout)
+            attrs = fill(EntryAttributes(), node.ino, st, 0, 0)
+        else:
+            attrs = fill(EntryAttributes(), node.ino, st, self.entry_timeout,
+                         self.attr_timeout)
+        attrs.generation = node.generation  # a recycled st_ino's new object (inodes.py)
+        return attrs
 
     def _node(self, ino: int) -> Node:
         return self.inodes.node(ino)
 
     def _trim(self) -> None:
-        """Over max_inodes: ask the kernel to drop its coldest entries, so it forgets them.
+        """Over budget (max_inodes, or too many descriptors that cannot be evicted): ask the
+        kernel to drop its coldest entries, so it forgets them.
 
         Called after new objects and once a second by the daemon's housekeeping. Each call
         looks at only a few nodes more than it invalidates (InodeTable.cold_entries).
         """
-        if len(self.inodes) <= self.inodes.max_inodes or not self.ctx.mounted:
+        if not self.inodes.over_budget() or not self.ctx.mounted:
             return
         for parent, name in self.inodes.cold_entries(_TRIM_BATCH):
             pyfuse3.invalidate_entry_async(InodeT(parent), FileNameT(name), ignore_enoent=True)

@@ -34,9 +34,12 @@ class DirHandle:
     node: Node
     fd: int
     caller: Caller
-    # Names listed at the first readdir; offsets index into it, so a directory changing
-    # while listed never makes an entry repeat or vanish from this listing.
-    names: list[bytes] | None = None
+    # Listing state, a few KiB whatever the directory's size (SPEC 6): entries stream from
+    # the descriptor, and the offsets the kernel sees are the filesystem's own d_off
+    # cookies, so it resumes (and seekdir lands) exactly as natively.
+    at: int = 0  # offset of the entry at buf[cursor]; where fd stands once buf is used up
+    buf: bytes = b""  # one getdents64 result, not yet all given to the kernel
+    cursor: int = 0
 
 
 @dataclass(slots=True, eq=False)

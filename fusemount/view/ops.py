@@ -41,6 +41,7 @@ from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
 from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.inodes import Node
 from fusemount.view.ranges import RangeOps
 from fusemount.view.xattrs import XattrOps
 
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
 _DAEMON = Caller(0, 0, 0)
+# One getdents64 read per open directory at a time: what an open directory costs in
+# memory (SPEC 6), and several READDIRPLUS replies' worth of short names.
+_DIR_BUFFER_BYTES = 4096
 
 
 def _as_squashed(caller: Caller) -> Caller | None:
@@ -355,40 +359,71 @@ class Ops(XattrOps, RangeOps):
             return
         assert isinstance(handle, DirHandle)
         subtree = handle.node.subtree
-        if handle.names is None or start_id == 0:
-            handle.names = [b".", b"..",
-                            *await self._io(subtree, backing.listdir, (handle.fd,))]
-        names = handle.names
-        inodes = self.inodes
-        for index in range(start_id, len(names)):
-            name = names[index]
-            if index < 2:
+        seek: int | None = None
+        if start_id != handle.at:
+            # rewinddir, seekdir, or entries the kernel did not take: resume where it says.
+            seek, handle.buf, handle.cursor = start_id, b"", 0
+        dot: EntryAttributes | None = None
+        while True:
+            if handle.cursor >= len(handle.buf):
+                handle.buf = await self._io(subtree, backing.read_dir, (handle.fd,), seek,
+                                            _DIR_BUFFER_BYTES)
+                handle.cursor, seek = 0, None
+                if not handle.buf:
+                    break
+            name, next_off, reclen = backing.dir_entry(handle.buf, handle.cursor)
+            if name in (b".", b".."):
                 # `.` and `..` as a native listing shows them; the kernel takes no lookup
                 # reference for them, and `..` is never resolved on the source (SPEC 1).
-                dot = self._attrs(handle.node,
-                                  await self._io(subtree, backing.getattr_, (handle.fd,)))
-                if not pyfuse3.readdir_reply(token, FileNameT(name), dot, index + 1):
+                if dot is None:
+                    dot = self._attrs(handle.node,
+                                      await self._io(subtree, backing.getattr_, (handle.fd,)))
+                if not pyfuse3.readdir_reply(token, FileNameT(name), dot, next_off):
                     break
-                continue
-            try:
-                st = await self._io(subtree, backing.stat_name, (handle.fd,), name)
-            except FileNotFoundError:
-                continue  # removed since the listing was taken
-            node = inodes.find(subtree, st.st_dev, st.st_ino)
-            if node is None or not subtree.live:
-                try:
-                    fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
-                                            new_fds=first_fd)
-                except FileNotFoundError:
-                    continue
-                node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
             else:
-                inodes.count_lookup(node)
-            if not pyfuse3.readdir_reply(token, FileNameT(name), self._attrs(node, st),
-                                         index + 1):
-                inodes.forget(node.ino, 1)  # the kernel did not take this entry
-                break
+                found = await self._dir_entry(handle, name)
+                if found is not None:
+                    node, attrs = found
+                    if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, next_off):
+                        self.inodes.forget(node.ino, 1)  # the kernel did not take this entry
+                        break
+            handle.cursor += reclen
+            handle.at = next_off
         self._trim()
+
+    async def _dir_entry(self, handle: DirHandle, name: bytes,
+                         ) -> tuple[Node, EntryAttributes] | None:
+        """The node of one listed name, with one lookup counted; None if it is gone."""
+        subtree = handle.node.subtree
+        inodes = self.inodes
+        try:
+            st = await self._io(subtree, backing.stat_name, (handle.fd,), name)
+        except FileNotFoundError:
+            return None  # removed since getdents64 saw it
+        node = inodes.find(subtree, st.st_dev, st.st_ino)
+        if node is not None and node.fd < 0 and node.handle is not None:
+            # Evicted: still the object the table remembers, or a new one behind a
+            # recycled st_ino? Its file handle says, without opening it.
+            try:
+                same = node.handle == await self._io(subtree, backing.handle_of,
+                                                     (handle.fd,), name)
+            except OSError:
+                same = False
+            # An offloaded call awaits: a forget may have dropped the node meanwhile.
+            if not same or inodes.find(subtree, st.st_dev, st.st_ino) is not node:
+                node = None
+        if node is None or (node.fd < 0 and node.handle is None) or not subtree.live:
+            # Not held: open it, so a new object behind a recycled st_ino is told apart
+            # from the one the table remembers (InodeTable.adopt).
+            try:
+                fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
+                                        new_fds=first_fd)
+            except FileNotFoundError:
+                return None
+            node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
+        else:
+            inodes.count_lookup(node)
+        return node, self._attrs(node, st)
 
     @override
     @fuse_handler
