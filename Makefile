@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 PYFUSE3_STAMP := $(VENV)/.pyfuse3-patched
 PYFUSE3_WHEELS := $(VENV)/wheels
 PYFUSE3_INPUTS := binding/pyfuse3-3.5.0.patch binding/build-constraints.txt scripts/build_pyfuse3.sh
-# patch applies the binding's patch; qemu-utils is a test dependency (qemu-img on the view).
+# patch applies the binding's patch; qemu-utils and rsync are test dependencies (qemu-img and
+# rsync -aH on the view).
 DEB_PACKAGES := fuse3 libfuse3-dev pkg-config patch qemu-utils rsync
 PYTEST_ARGS ?=
 
