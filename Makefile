@@ -80,7 +80,7 @@ bench: setup
 # A self-contained runtime: its own venv in PREFIX, made with the system Python (a pyenv or
 # a checkout under /root would be unreadable to users), holding fusemount and its runtime
 # dependencies only, readable by everyone. The man page and the shell completions are
-# generated from the argument parser (fusemount.cli.build_parser) by argparse-manpage and
+# generated from the argument parser (fusemount.cli.commands.build_parser) by argparse-manpage and
 # shtab, fetched into a scratch directory that is deleted afterwards: no build or test tool
 # stays in the runtime. mount(8), fstab and systemd find `fusemount` on the standard PATH
 # only, hence the link in BINDIR; mount.fuse3 runs it for `-t fuse.fusemount`.
@@ -122,13 +122,13 @@ install: system-packages $(PYFUSE3_STAMP)
 	version=$$("$(PREFIX)/bin/fusemount" --version | cut -d' ' -f2); \
 	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -c \
 	  'import sys; from argparse_manpage.cli import main; sys.exit(main())' \
-	  --module fusemount.cli --function build_parser --prog fusemount --manual-section 8 \
+	  --module fusemount.cli.commands --function build_parser --prog fusemount --manual-section 8 \
 	  --manual-title "System Administration" --project-name fusemount --version "$$version" \
 	  --description "a FUSE view of managed mounts" --output "$$share/man/man8/fusemount.8"; \
 	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -m shtab --shell=bash \
-	  --prog fusemount fusemount.cli.build_parser > "$$share/bash-completion/fusemount"; \
+	  --prog fusemount fusemount.cli.commands.build_parser > "$$share/bash-completion/fusemount"; \
 	PYTHONPATH="$$scratch/tools" "$(PREFIX)/bin/python" -m shtab --shell=zsh \
-	  --prog fusemount fusemount.cli.build_parser > "$$share/zsh/_fusemount"; \
+	  --prog fusemount fusemount.cli.commands.build_parser > "$$share/zsh/_fusemount"; \
 	cp README.md LICENSE "$$share/doc/fusemount/"; \
 	chmod -R a+rX "$(PREFIX)"; \
 	mkdir -p "$(BINDIR)" "$(MANDIR)/man8" "$(BASHCOMPDIR)" "$(ZSHCOMPDIR)" "$(UNITDIR)"; \

@@ -2,6 +2,6 @@
 
 import sys
 
-from fusemount.cli import main
+from fusemount.cli.commands import main
 
 sys.exit(main())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount.daemonfiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, escape_path
+from fusemount.host.daemonfiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, escape_path
 from tests.support.daemon import (
     VIEW_FSTYPE,
     Daemon,

@@ -26,14 +26,15 @@ from pyfuse3 import (
     SetattrFields,
 )
 
-from fusemount import __version__, principals
+from fusemount import __version__
 from fusemount.core.records import Access, Caller, State
+from fusemount.host import principals
 from fusemount.view.attrs import fill, synthetic
 from fusemount.view.handles import ControlHandle, Handle
 from fusemount.view.live import LiveSubtree
 
 if TYPE_CHECKING:
-    from fusemount.control import Controller
+    from fusemount.control.commands import Controller
     from fusemount.view.context import ViewContext
 
 ROOT_INO = pyfuse3.ROOT_INODE

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import cli
+from fusemount.cli import commands as cli
 from tests.control.conftest import SourceFactory
 from tests.control.helpers import fusemount, names_listed, record_of, replace_dir
 from tests.support.daemon import ViewHandle, is_mounted
@@ -218,7 +218,7 @@ def test_status_as_a_non_admin_lists_what_they_may_see(
     # A copy users can import (the checkout may sit in a root-only directory); the system
     # Python has no pyfuse3, which status must not need.
     pythonpath = test_root / f"pythonpath-{source.name}"
-    shutil.copytree(Path(cli.__file__).parent, pythonpath / "fusemount",
+    shutil.copytree(Path(cli.__file__).parents[1], pythonpath / "fusemount",
                     ignore=shutil.ignore_patterns("__pycache__"))
     for path in [pythonpath, *pythonpath.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
@@ -257,7 +257,7 @@ def test_relative_source_is_resolved_by_the_cli(view: ViewHandle, source: Path) 
     result = subprocess.run(
         [sys.executable, "-m", "fusemount", "attach", str(view.path), "data", "sub"],
         cwd=source, capture_output=True, text=True, timeout=30,
-        env=dict(os.environ, PYTHONPATH=str(Path(cli.__file__).parents[1])),
+        env=dict(os.environ, PYTHONPATH=str(Path(cli.__file__).parents[2])),
     )
     assert result.returncode == 0, result.stderr
     assert record_of(view.mounts_json(), "data")["source"] == str(source / "sub")

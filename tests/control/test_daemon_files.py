@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import daemonfiles
-from fusemount.daemon import pidfile_for
+from fusemount.daemon.serve import pidfile_for
+from fusemount.host import daemonfiles
 from tests.control.helpers import fusemount, make_dir, reap_unmanaged, serving_pids
 from tests.support.daemon import Daemon, DaemonStartError, ViewFactory, ViewHandle, is_mounted
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import cli
+from fusemount.cli import commands as cli
 from tests.control.helpers import (
     fusemount,
     make_dir,

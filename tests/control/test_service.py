@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import daemonfiles
-from fusemount.daemon import serving_pid
+from fusemount.daemon.serve import serving_pid
+from fusemount.host import daemonfiles
 from tests.control.conftest import SourceFactory
 from tests.control.helpers import fusemount, make_dir, reap_unmanaged, record_of
 from tests.support.ctl import ctl_as

@@ -112,7 +112,7 @@ def test_mount_helper_exit_status_is_mount8s(installed_helper: None, test_root: 
 
 
 def test_mount_helper_form_is_recognised_and_typos_are_not() -> None:
-    from fusemount.cli import looks_like_mount_helper
+    from fusemount.cli.commands import looks_like_mount_helper
 
     assert looks_like_mount_helper(["none", "/srv/view", "-o", "rw"])
     assert looks_like_mount_helper(["/etc/fusemount/view.toml", "/srv/view"])

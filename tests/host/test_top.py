@@ -24,8 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusemount.metrics import Metrics
-from fusemount.top import (
+from fusemount.cli.top import (
     OPS_TITLE,
     SUBTREES_TITLE,
     Sample,
@@ -34,11 +33,12 @@ from fusemount.top import (
     parse_metrics,
     render_frame,
 )
+from fusemount.daemon.metrics import Metrics
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.users import SYSTEM_PYTHON, Users, run_as
 
 REPO = Path(__file__).resolve().parents[2]
-TOP_CODE = "import sys; from fusemount.top import main; sys.exit(main(sys.argv[1]))"
+TOP_CODE = "import sys; from fusemount.cli.top import main; sys.exit(main(sys.argv[1]))"
 
 # --- building samples -----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ def readlink(fd):
     raise RuntimeError("injected bug")
 
 backing.readlink = readlink
-from fusemount.cli import main
+from fusemount.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount.audit import AuditLog
+from fusemount.control.audit import AuditLog
 from fusemount.core.records import Access
 
 FIELDS = {"time", "uid", "gid", "pid", "command", "result", "message", "changes"}
@@ -135,7 +135,7 @@ def test_audit_empty_path_writes_to_the_daemon_log_at_audit_level_issue_15(
 ) -> None:
     # Updated for issue 15: "" no longer means raw JSON on stderr but the daemon log, so the
     # foreground shows one format; the record itself is still one JSON object.
-    from fusemount.logsetup import AUDIT, AUDIT_LOGGER
+    from fusemount.host.logsetup import AUDIT, AUDIT_LOGGER
 
     caplog.set_level(AUDIT)
     root = logging.getLogger()
@@ -192,7 +192,7 @@ def test_audit_refusal_record_is_at_most_512_bytes_issue_12(tmp_path: Path) -> N
 
 
 def test_audit_throttled_refusals_are_summed_up_per_uid_issue_12(tmp_path: Path) -> None:
-    from fusemount import audit as audit_mod
+    from fusemount.control import audit as audit_mod
 
     now = [0.0]
     path = tmp_path / "audit.log"

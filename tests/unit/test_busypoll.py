@@ -5,14 +5,14 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from fusemount.host.cpulatency import CpuLatencyRequest
-from fusemount.view.busypoll import (
+from fusemount.daemon.busypoll import (
     ENGAGE_COUNT,
     ENGAGE_RATE,
     RELEASE_AFTER_S,
     TICK_S,
     BusyPoll,
 )
+from fusemount.host.cpulatency import CpuLatencyRequest
 from tests.support.procfs import fd_targets
 
 

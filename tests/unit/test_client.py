@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import wrappers
+from fusemount.cli import wrappers
 from fusemount.client import Client, ControlFailed, CtlFile, MountRecord
 from fusemount.core.protocol import Attach, Mount, Set, parse
 from fusemount.core.records import Access, GrantSpec

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusemount import daemonfiles
+from fusemount.host import daemonfiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,8 +71,8 @@ def test_lock_holder_names_the_process_holding_the_lock(tmp_path: Path) -> None:
     try:
         assert daemonfiles.try_lock(fd)
         daemonfiles.write_whole(fd, f"{os.getpid()}\n")
-        code = (f"from fusemount import daemonfiles; h = daemonfiles.holder_of({str(path)!r}); "
-                "print(h.pid, h.text)")
+        code = ("from fusemount.host import daemonfiles; "
+                f"h = daemonfiles.holder_of({str(path)!r}); print(h.pid, h.text)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, env=dict(os.environ, PYTHONPATH=str(REPO))).stdout
         assert out.split() == [str(os.getpid()), str(os.getpid())]

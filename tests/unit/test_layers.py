@@ -1,8 +1,11 @@
-"""The layering rule: fusemount/core/ makes pure decisions, so it imports no os, pyfuse3 or trio.
+"""The layering rules (issue 16 item 2): fusemount/core/ makes pure decisions, so it imports no
+os, pyfuse3 or trio; the packages form the order core < host < control < view < daemon < cli,
+no import runs back up that order, none forms a loop, and `client` imports only core.
 
 Checked on the source (AST), not by importing, so a violation in a module nobody imports yet is
-caught too. Also keeps core/ from reaching the same modules through the other layers
-(fusemount.view, fusemount.host, ...). Never imports the modules it checks.
+caught too, and imports under TYPE_CHECKING count. Also keeps core/ from reaching the same
+modules through the other layers (fusemount.view, fusemount.host, ...). Never imports the
+modules it checks.
 """
 
 from __future__ import annotations
@@ -105,3 +108,159 @@ def test_layer_check_catches_forbidden_import(source: str, module: str) -> None:
 )
 def test_layer_check_allows_pure_imports(source: str) -> None:
     assert violations(source, "fusemount.core.policy") == []
+
+
+# The order, lowest first: a module may import its own layer and the ones before it.
+LAYERS = ("core", "host", "control", "view", "daemon", "cli")
+# Only these stay at the top of fusemount/: the package, `python -m fusemount`, the public client.
+TOP_LEVEL = frozenset({"__init__.py", "__main__.py", "client.py"})
+# What a top-level module may import (client is the public face: it shares only core's grammar
+# and records with the daemon, so a program can use it without pyfuse3 or trio).
+TOP_ALLOWED = {
+    "fusemount": frozenset(),
+    "fusemount.__main__": frozenset(LAYERS),
+    "fusemount.client": frozenset({"core"}),
+}
+
+# Imports that run up the order today, each to be removed by the issue item named. The test
+# fails once an entry no longer occurs, so the list only shrinks.
+ALLOWED_UPWARD = {
+    # Issue 16 item 1: control talks to the view through a Publisher protocol the view
+    # implements, passed in by constructor; today Controller reaches into view objects.
+    ("fusemount.control.commands", "fusemount.view.context"): "issue 16 item 1",
+    ("fusemount.control.commands", "fusemount.view.live"): "issue 16 item 1",
+    ("fusemount.control.commands", "fusemount.view.offload"): "issue 16 item 1",
+}
+
+
+def _all_modules() -> dict[str, Path]:
+    return {_module_name(path): path for path in sorted(PACKAGE_ROOT.rglob("*.py"))}
+
+
+def _internal_imports(module: str, path: Path, known: set[str]) -> set[str]:
+    """The fusemount modules that module imports: `from pkg import mod` names mod itself."""
+    found: set[str] = set()
+    for name in imported_modules(path.read_text(encoding="utf-8"), module,
+                                 path.name == "__init__.py"):
+        if name.split(".")[0] == "fusemount":
+            found.add(name)
+    # imported_modules gives `from fusemount.host import backing` as fusemount.host: add the
+    # submodules such a statement names, so the edges point at the modules that hold the code.
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.update(f"{node.module}.{a.name}" for a in node.names
+                         if f"{node.module}.{a.name}" in known)
+    return {name for name in found if name in known}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _all_modules()
+    known = set(modules)
+    return {module: _internal_imports(module, path, known) - {module}
+            for module, path in modules.items()}
+
+
+def _layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else None
+
+
+def up_layer_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Every (importer, imported) pair where the import runs back up the order."""
+    bad: set[tuple[str, str]] = set()
+    for module, imports in graph.items():
+        layer = _layer(module)
+        for target in imports:
+            target_layer = _layer(target)
+            if target_layer is None:  # the package root or a top-level module
+                if target != "fusemount" and layer != "cli":
+                    bad.add((module, target))  # only the command line uses the client
+                continue
+            if layer is None:
+                if target_layer not in TOP_ALLOWED.get(module, frozenset()):
+                    bad.add((module, target))
+            elif LAYERS.index(target_layer) > LAYERS.index(layer):
+                bad.add((module, target))
+    return bad
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import loops: strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component: list[str] = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_only_the_public_modules_stay_at_the_top() -> None:
+    loose = sorted(p.name for p in PACKAGE_ROOT.glob("*.py") if p.name not in TOP_LEVEL)
+    assert not loose, f"modules at the top of fusemount/ belong in a layer: {loose}"
+    packages = sorted(p.name for p in PACKAGE_ROOT.iterdir()
+                      if p.is_dir() and (p / "__init__.py").exists())
+    assert packages == sorted(LAYERS)
+
+
+def test_no_import_runs_back_up_a_layer() -> None:
+    bad = up_layer_imports(_graph())
+    unexpected = sorted(bad - set(ALLOWED_UPWARD))
+    assert not unexpected, "imports running up core < host < control < view < daemon < cli:\n" + \
+        "\n".join(f"{a} imports {b}" for a, b in unexpected)
+    stale = sorted(set(ALLOWED_UPWARD) - bad)
+    assert not stale, f"allow-list entries that no longer occur, remove them: {stale}"
+
+
+def test_client_imports_only_core() -> None:
+    imports = _graph()["fusemount.client"]
+    assert all(_layer(name) == "core" for name in imports), sorted(imports)
+
+
+def test_no_import_loops() -> None:
+    assert cycles(_graph()) == []
+
+
+@pytest.mark.parametrize(
+    ("graph", "bad"),
+    [
+        ({"fusemount.host.a": {"fusemount.view.b"}}, {("fusemount.host.a", "fusemount.view.b")}),
+        ({"fusemount.core.a": {"fusemount.host.b"}}, {("fusemount.core.a", "fusemount.host.b")}),
+        ({"fusemount.client": {"fusemount.host.b"}}, {("fusemount.client", "fusemount.host.b")}),
+        ({"fusemount.view.a": {"fusemount.client"}}, {("fusemount.view.a", "fusemount.client")}),
+        ({"fusemount.cli.a": {"fusemount.client", "fusemount.daemon.b"}}, set()),
+        ({"fusemount.view.a": {"fusemount.control.b", "fusemount", "fusemount.view.c"}}, set()),
+    ],
+)
+def test_layer_order_check(graph: dict[str, set[str]], bad: set[tuple[str, str]]) -> None:
+    assert up_layer_imports(graph) == bad
+
+
+def test_cycle_check_finds_loops() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

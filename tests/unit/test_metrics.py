@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from fusemount.metrics import BUCKETS_S, Metrics
+from fusemount.daemon.metrics import BUCKETS_S, Metrics
 
 # -- a small, strict checker for the Prometheus text format 0.0.4 -------------------
 

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusemount import state as state_mod
+from fusemount.control import state as state_mod
+from fusemount.control.state import CURRENT_VERSION, StateError, StateStore
 from fusemount.core.records import (
     Access,
     Grant,
@@ -25,7 +26,6 @@ from fusemount.core.records import (
     State,
     SubtreeSpec,
 )
-from fusemount.state import CURRENT_VERSION, StateError, StateStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -273,7 +273,7 @@ CRASH_SCRIPT = textwrap.dedent(
     import os, sys
     import pytest
     from fusemount.core.records import Kind, Policy, SubtreeSpec
-    from fusemount.state import StateStore
+    from fusemount.control.state import StateStore
 
     path, point = sys.argv[1], sys.argv[2]
     new = [SubtreeSpec(name=f"new{i}", kind=Kind.ATTACH, source=f"/srv/{i}",

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from fusemount.logsetup import AUDIT, AUDIT_LOGGER
+from fusemount.host.logsetup import AUDIT, AUDIT_LOGGER
 
 log = logging.getLogger(__name__)
 _to_log = logging.getLogger(AUDIT_LOGGER)

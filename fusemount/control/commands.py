@@ -15,8 +15,8 @@ import errno
 import logging
 from collections.abc import Callable
 
-from fusemount import principals
-from fusemount.audit import AuditLog
+from fusemount.control.audit import AuditLog
+from fusemount.control.state import StateError, StateStore
 from fusemount.core import protocol
 from fusemount.core.protocol import Attach, Command, Detach, Hold, Mount, Release, Set
 from fusemount.core.records import (
@@ -31,9 +31,8 @@ from fusemount.core.records import (
     SubtreeSpec,
 )
 from fusemount.core.subtrees import same_source, with_holder, without_holder
-from fusemount.host import sources
+from fusemount.host import principals, sources
 from fusemount.host.sources import OpenedSource
-from fusemount.state import StateError, StateStore
 from fusemount.view.context import ViewContext
 from fusemount.view.live import LiveSubtree
 from fusemount.view.offload import may_stall

@@ -21,8 +21,7 @@ import json
 import logging
 import shlex
 
-from fusemount import principals
-from fusemount.control import Controller
+from fusemount.control.commands import Controller
 from fusemount.core import protocol
 from fusemount.core.config import decl_command, decl_set_command
 from fusemount.core.protocol import Attach, Mount
@@ -35,6 +34,7 @@ from fusemount.core.records import (
     SubtreeDecl,
     SubtreeSpec,
 )
+from fusemount.host import principals
 
 log = logging.getLogger(__name__)
 

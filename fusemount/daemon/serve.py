@@ -24,20 +24,21 @@ from dataclasses import dataclass, replace
 import pyfuse3
 import trio
 
-from fusemount import daemonfiles, declared, principals, sdnotify
-from fusemount.audit import AuditLog
-from fusemount.control import Controller
+from fusemount.control import declared
+from fusemount.control.audit import AuditLog
+from fusemount.control.commands import Controller
+from fusemount.control.state import StateError, StateStore
 from fusemount.core.config import ConfigError, load_config
 from fusemount.core.policy import Rules
 from fusemount.core.records import Caller, Config, ControlError, Kind, State, SubtreeSpec
 from fusemount.core.subtrees import SubtreeTable, same_source
-from fusemount.host import sources
+from fusemount.daemon import sdnotify
+from fusemount.daemon.busypoll import ENGAGE_COUNT, BusyPoll
+from fusemount.daemon.metrics import Metrics
+from fusemount.host import daemonfiles, principals, sources
 from fusemount.host.cpulatency import CpuLatencyRequest
-from fusemount.logsetup import DaemonLog
-from fusemount.metrics import Metrics
-from fusemount.state import StateError, StateStore
+from fusemount.host.logsetup import DaemonLog
 from fusemount.view import errors as view_errors
-from fusemount.view.busypoll import ENGAGE_COUNT, BusyPoll
 from fusemount.view.context import ViewContext
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable

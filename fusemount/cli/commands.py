@@ -27,7 +27,8 @@ import sys
 import time
 from typing import NoReturn, cast
 
-from fusemount import __version__, wrappers
+from fusemount import __version__
+from fusemount.cli import wrappers
 from fusemount.client import Client, ControlFailed, MountRecord, is_view_mount, view_problem
 from fusemount.core.config import ConfigError, defaults_toml, load_config
 
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = view_problem(args.view)
         if problem is not None:
             return _fail(problem, _problem_errno(problem), as_json=as_json)
-        from fusemount import top
+        from fusemount.cli import top
 
         return top.main(args.view, args.interval)
     return _config(args, as_json=as_json)
@@ -326,7 +327,7 @@ def _setup_logging(debug: bool) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.background:
         return _background(args)
-    from fusemount.daemon import ServeOptions, serve
+    from fusemount.daemon.serve import ServeOptions, serve
 
     _setup_logging(args.debug)
     # No --state: ServeOptions' default, which the daemon owns (SPEC 8: one per view).
@@ -381,7 +382,7 @@ def stop(view: str, timeout_s: float, *, force: bool = False, as_json: bool = Fa
             return _fail(f"{view}: target is busy: in use by {shown}{more}; "
                          "close them or use --force", "EBUSY", as_json=as_json,
                          show_errno=True)
-    from fusemount.daemon import ServeError, signal_daemon
+    from fusemount.daemon.serve import ServeError, signal_daemon
 
     try:
         # Only the process holding the view's pidfile lock is signalled (issue 12 item 14).
@@ -502,7 +503,7 @@ def _status_record(r: MountRecord) -> dict[str, object]:
 
 def _daemon_info(client: Client) -> dict[str, object]:
     """pid, start time, uptime, config and state paths from the metrics file (admins only)."""
-    from fusemount import top
+    from fusemount.cli import top
 
     sample = top.parse_metrics(client.metrics_text())
     info: dict[str, object] = {}

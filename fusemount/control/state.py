@@ -24,7 +24,6 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
-from fusemount import daemonfiles
 from fusemount.core.records import (
     Access,
     Grant,
@@ -35,6 +34,7 @@ from fusemount.core.records import (
     State,
     SubtreeSpec,
 )
+from fusemount.host import daemonfiles
 
 DEFAULT_STATE_PATH = "/var/lib/fusemount/state.json"
 FORMAT_NAME = "fusemount-state"

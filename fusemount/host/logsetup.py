@@ -23,8 +23,8 @@ import os
 import socket
 import sys
 
-from fusemount import daemonfiles
 from fusemount.core.records import LogConfig
+from fusemount.host import daemonfiles
 
 AUDIT = 25  # between INFO and WARNING: always written, never mistaken for a warning
 logging.addLevelName(AUDIT, "AUDIT")

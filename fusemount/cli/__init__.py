@@ -1,0 +1,1 @@
+"""The `fusemount` command line: subcommands, wrappers, top (SPEC 2, 9)."""

@@ -1,0 +1,1 @@
+"""Control: the ctl commands, their persisted state and audit trail (SPEC 4, 5, 8)."""
