@@ -1,11 +1,16 @@
 """Control commands end to end: parse, decide, act, persist, audit, reply (SPEC 4, 5, 8).
 
 Order for every state change: check everything (policy, table caps, source), act on the
-sources, commit to the table, write the state file durably, then reply. If the state file
-cannot be written the change is rolled back and the command fails: nothing acknowledged
-is ever lost, nothing refused ever changes anything. A command runs with no `await`
-between its checks and its commit, so concurrent writers are serialised by trio itself;
-only the cache invalidation that follows a committed change awaits.
+sources, write the state file durably, then commit to the table, publish in the view and
+reply. If the state file cannot be written the table is untouched and the command fails:
+nothing acknowledged is ever lost, nothing refused ever changes anything.
+
+Commands run one at a time under a trio lock (issue 16 item 3), so a command's checks still
+hold at its commit although it awaits in between: opening a source (a hung network or FUSE
+path must not freeze the view), saving the state file (two fsyncs) and user-database
+look-ups (NSS may be remote) run in worker threads while the view keeps answering.
+Idle expiry is called without await by the daemon's housekeeping: it skips a second in which
+a command is running (the next tick retries), and still saves on the trio thread.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import trio
 
 from fusemount.control.audit import AuditLog
 from fusemount.control.state import StateError, StateStore
@@ -39,6 +47,15 @@ from fusemount.view.offload import may_stall
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
+
+
+async def _in_thread(call: Callable[[], _T]) -> _T:
+    """call in a worker thread. A hung source path must not keep the daemon from stopping,
+    so the wait is abandoned on cancellation (the call's result, a descriptor at worst, is
+    dropped as the process ends)."""
+    return await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+
 
 class Controller:
     def __init__(self, ctx: ViewContext, state: StateStore, audit: AuditLog,
@@ -48,18 +65,23 @@ class Controller:
         self.audit = audit
         self.count = count
         self._pending: list[LiveSubtree] = []  # subtrees whose kernel caches must go
+        self._lock = trio.Lock()  # one command at a time: checks hold until their commit
 
     # --- entry point ----------------------------------------------------------------------
 
     async def execute(self, opener: Caller, data: bytes) -> tuple[int, bytes]:
         """Run one ctl write. Returns (0 or errno, reply line). Never raises ControlError."""
+        async with self._lock:
+            return await self._execute(opener, data)
+
+    async def _execute(self, opener: Caller, data: bytes) -> tuple[int, bytes]:
         caller = self.ctx.callers.with_groups(opener)
         text = data.decode("utf-8", "backslashreplace").rstrip("\n")
         verb = "?"
         try:
             command = protocol.parse(data, self.ctx.config.limits.max_command_bytes)
             verb = protocol.verb_of(command)
-            fields, changes = self._dispatch(caller, command)
+            fields, changes = await self._dispatch(caller, command)
         except ControlError as exc:
             code = exc.errno or errno.EIO
             self._record(caller, text, verb, code, exc.message, None)
@@ -80,32 +102,44 @@ class Controller:
         if code and written:
             log.info("ctl uid=%d %r -> %s %s", caller.uid, text[:200], name, message[:200])
 
-    def _dispatch(self, caller: Caller,
-                  command: Command) -> tuple[dict[str, object], dict[str, object]]:
+    async def _dispatch(self, caller: Caller,
+                        command: Command) -> tuple[dict[str, object], dict[str, object]]:
         if isinstance(command, Attach):
-            return self._attach(caller, command)
+            return await self._attach(caller, command)
         if isinstance(command, Mount):
-            return self._mount(caller, command)
+            return await self._mount(caller, command)
         if isinstance(command, Hold):
-            return self._hold(caller, command)
+            return await self._hold(caller, command)
         if isinstance(command, Release):
-            return self._release(caller, command)
+            return await self._release(caller, command)
         if isinstance(command, Set):
-            return self._set(caller, command)
-        return self._detach(caller, command)
+            return await self._set(caller, command)
+        return await self._detach(caller, command)
 
     # --- helpers ----------------------------------------------------------------------------
 
     def _is_admin(self, caller: Caller) -> bool:
         return self.ctx.rules.is_admin(caller)
 
-    def _save(self) -> None:
+    async def _save(self, specs: Sequence[SubtreeSpec]) -> None:
+        """Write specs (the table as it will be after the change) in a worker thread. Not
+        abandoned on cancellation: a save once begun ends before the command does."""
         try:
-            self.state.save(self.ctx.table.specs())
+            await trio.to_thread.run_sync(self.state.save, specs)
         except (StateError, OSError) as exc:
-            code = getattr(exc, "errno", None) or errno.EIO
-            log.error("state file not written: %s", exc)
-            raise ControlError(code, f"state file not written: {exc}") from None
+            raise _not_written(exc) from None
+
+    def _save_now(self, specs: Sequence[SubtreeSpec]) -> None:
+        try:
+            self.state.save(specs)
+        except (StateError, OSError) as exc:
+            raise _not_written(exc) from None
+
+    def _specs_replacing(self, new: SubtreeSpec) -> list[SubtreeSpec]:
+        return [new if spec.name == new.name else spec for spec in self.ctx.table.specs()]
+
+    def _specs_without(self, name: str) -> list[SubtreeSpec]:
+        return [spec for spec in self.ctx.table.specs() if spec.name != name]
 
     def _own_or_hidden(self, caller: Caller, spec: SubtreeSpec, what: str) -> None:
         """Non-admins may act only on subtrees they own; ones they cannot see look missing."""
@@ -115,12 +149,13 @@ class Controller:
             raise ControlError(errno.ENOENT, f"no such subtree: {spec.name}")
         raise ControlError(errno.EACCES, f"{what}: {spec.name} is not yours")
 
-    def _policy(self, caller: Caller, owner: str | None, allow: tuple[GrantSpec, ...] | None,
-                ro: bool) -> Policy:
-        owner_uid = caller.uid if owner is None else principals.uid_of(owner)
+    async def _policy(self, caller: Caller, owner: str | None,
+                      allow: tuple[GrantSpec, ...] | None, ro: bool) -> Policy:
+        owner_uid = caller.uid if owner is None else await _in_thread(
+            lambda: principals.uid_of(owner))
         if owner_uid != caller.uid and not self._is_admin(caller):
             raise ControlError(errno.EACCES, "only admins may give a subtree to another owner")
-        grants = principals.grants_of(allow) if allow else ()
+        grants = await _in_thread(lambda: principals.grants_of(allow)) if allow else ()
         return Policy(owner=owner_uid, grants=grants, ro=ro)
 
     def _reply_fields(self, spec: SubtreeSpec, opened: OpenedSource | None) -> dict[str, object]:
@@ -133,9 +168,9 @@ class Controller:
             fields["holders"] = list(spec.holders)
         return fields
 
-    def _existing(self, caller: Caller, name: str, identity: Identity | None, holder: str | None,
-                  policy: Policy, options: str = "",
-                  ) -> tuple[dict[str, object], dict[str, object]] | None:
+    async def _existing(self, caller: Caller, name: str, identity: Identity | None,
+                        holder: str | None, policy: Policy, options: str = "",
+                        ) -> tuple[dict[str, object], dict[str, object]] | None:
         """attach/mount on a taken name: the same source with the same options adds the holder
         (or is a no-op); another source, or other options, is EEXIST (SPEC 4)."""
         found = self.ctx.table.get(name)
@@ -151,13 +186,7 @@ class Controller:
             return self._reply_fields(spec, None), {}
         self._own_or_hidden(caller, spec, "hold")
         self.ctx.table.check_holder_room(spec, holder)
-        self.ctx.table.replace(with_holder(spec, holder))
-        try:
-            self._save()
-        except ControlError:
-            self.ctx.table.replace(spec)
-            raise
-        self._refresh_live(name)
+        await self._change(spec, with_holder(spec, holder))
         return self._reply_fields(self.ctx.table.require(name)[1], None), {"holder_added": holder}
 
     def _refresh_live(self, name: str) -> None:
@@ -166,20 +195,17 @@ class Controller:
         if live is not None and found is not None:
             live.spec = found[1]
 
-    def _commit_new(self, spec: SubtreeSpec, opened: OpenedSource) -> LiveSubtree:
+    async def _commit_new(self, spec: SubtreeSpec, opened: OpenedSource) -> LiveSubtree:
         table = self.ctx.table
-        old = table.get(spec.name)
-        if old is not None:  # a failed entry being re-attached
-            table.remove(spec.name)
-        sid = table.add(spec)
         try:
-            self._save()
+            # A failed entry being re-attached is replaced, the new entry coming last.
+            await self._save([*self._specs_without(spec.name), spec])
         except ControlError:
-            table.remove(spec.name)
-            if old is not None:
-                table.add(old[1])
             opened.close()
             raise
+        if table.get(spec.name) is not None:
+            table.remove(spec.name)
+        sid = table.add(spec)
         live = LiveSubtree(sid, spec, opened)
         live.offload = spec.kind is Kind.ATTACH and may_stall(opened.identity.fstype)
         self.ctx.inodes.add_root(live)
@@ -195,20 +221,20 @@ class Controller:
 
     # --- commands -----------------------------------------------------------------------------
 
-    def _attach(self, caller: Caller,
-                cmd: Attach) -> tuple[dict[str, object], dict[str, object]]:
+    async def _attach(self, caller: Caller,
+                      cmd: Attach) -> tuple[dict[str, object], dict[str, object]]:
         is_admin = self._is_admin(caller)
         self.ctx.rules.require_self_service(caller, "attach")
-        policy = self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
+        policy = await self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
         access_cfg = self.ctx.config.access
         existing = self.ctx.table.get(cmd.name)
         if existing is None or existing[1].state is State.FAILED:
             self._room(caller, cmd.name, policy.owner)
-        opened = sources.open_attach_source(cmd.source, access_cfg, caller,
-                                            self_service=not is_admin, ro=cmd.ro,
-                                            guard=self.ctx.view_guard)
+        guard = self.ctx.view_guard
+        opened = await _in_thread(lambda: sources.open_attach_source(
+            cmd.source, access_cfg, caller, self_service=not is_admin, ro=cmd.ro, guard=guard))
         try:
-            result = self._existing(caller, cmd.name, opened.identity, cmd.holder, policy)
+            result = await self._existing(caller, cmd.name, opened.identity, cmd.holder, policy)
         except BaseException:
             opened.close()
             raise
@@ -220,76 +246,83 @@ class Controller:
             policy=policy, holders=(cmd.holder,) if cmd.holder else (),
             created_with_holder=cmd.holder is not None, expire_s=cmd.expire_s,
         )
-        self._commit_new(spec, opened)
+        await self._commit_new(spec, opened)
         return self._reply_fields(spec, opened), {"attached": cmd.name, "source": cmd.source}
 
-    def _mount(self, caller: Caller, cmd: Mount) -> tuple[dict[str, object], dict[str, object]]:
+    async def _mount(self, caller: Caller,
+                     cmd: Mount) -> tuple[dict[str, object], dict[str, object]]:
         self.ctx.rules.require_admin(caller, "mount", errno.EPERM)
         if cmd.fstype not in self.ctx.config.access.mount_fstypes:
             raise ControlError(errno.EPERM, f"filesystem type {cmd.fstype} is not in "
                                "access.mount_fstypes")
-        policy = self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
+        policy = await self._policy(caller, cmd.owner, cmd.allow, cmd.ro)
         roots = self.ctx.config.access.source_roots
         guard = self.ctx.view_guard
-        identity = sources.mount_source_identity(cmd.fstype, cmd.source, caller, roots, guard)
+        identity = await _in_thread(lambda: sources.mount_source_identity(
+            cmd.fstype, cmd.source, caller, roots, guard))
         existing = self.ctx.table.get(cmd.name)
         if existing is not None and existing[1].state is not State.FAILED:
             if existing[1].kind is not Kind.MOUNT or existing[1].fstype != cmd.fstype:
                 raise ControlError(errno.EEXIST, f"name {cmd.name} is taken by another source")
-            result = self._existing(caller, cmd.name, identity, cmd.holder, policy, cmd.options)
+            result = await self._existing(caller, cmd.name, identity, cmd.holder, policy,
+                                          cmd.options)
             assert result is not None
             return result
         self._room(caller, cmd.name, policy.owner)
-        opened = sources.open_mount_source(cmd.fstype, cmd.source, cmd.options, cmd.ro,
-                                           caller, roots, guard)
+        opened = await _in_thread(lambda: sources.open_mount_source(
+            cmd.fstype, cmd.source, cmd.options, cmd.ro, caller, roots, guard))
         spec = SubtreeSpec(
             name=cmd.name, kind=Kind.MOUNT, source=cmd.source, identity=identity,
             policy=policy, fstype=cmd.fstype, options=cmd.options,
             holders=(cmd.holder,) if cmd.holder else (),
             created_with_holder=cmd.holder is not None, expire_s=cmd.expire_s,
         )
-        self._commit_new(spec, opened)
+        await self._commit_new(spec, opened)
         fields = self._reply_fields(spec, opened)
         return fields, {"mounted": cmd.name, "fstype": cmd.fstype, "source": cmd.source}
 
-    def _hold(self, caller: Caller, cmd: Hold) -> tuple[dict[str, object], dict[str, object]]:
+    async def _hold(self, caller: Caller,
+                    cmd: Hold) -> tuple[dict[str, object], dict[str, object]]:
         self.ctx.rules.require_admin(caller, "hold")
         _, spec = self.ctx.table.require(cmd.name)
         if cmd.holder in spec.holders:
             return self._reply_fields(spec, None), {}
         self.ctx.table.check_holder_room(spec, cmd.holder)
-        self._change(spec, with_holder(spec, cmd.holder))
+        await self._change(spec, with_holder(spec, cmd.holder))
         return self._reply_fields(with_holder(spec, cmd.holder), None), {
             "holder_added": cmd.holder}
 
-    def _release(self, caller: Caller,
-                 cmd: Release) -> tuple[dict[str, object], dict[str, object]]:
+    async def _release(self, caller: Caller,
+                       cmd: Release) -> tuple[dict[str, object], dict[str, object]]:
         self.ctx.rules.require_admin(caller, "release")
         _, spec = self.ctx.table.require(cmd.name)
         new = without_holder(spec, cmd.holder)
         if not new.holders and spec.created_with_holder:
-            self._remove(spec, force=True)
+            await self._remove(spec, force=True)
             return {"name": cmd.name, "detached": True}, {"holder_removed": cmd.holder,
                                                           "detached": cmd.name}
-        self._change(spec, new)
+        await self._change(spec, new)
         return {"name": cmd.name, "holders": list(new.holders)}, {"holder_removed": cmd.holder}
 
-    def _set(self, caller: Caller, cmd: Set) -> tuple[dict[str, object], dict[str, object]]:
+    async def _set(self, caller: Caller,
+                   cmd: Set) -> tuple[dict[str, object], dict[str, object]]:
         self.ctx.rules.require_self_service(caller, "set")
         _, spec = self.ctx.table.require(cmd.name)
         self._own_or_hidden(caller, spec, "set")
         policy = spec.policy
         changes: dict[str, object] = {}
-        if cmd.owner is not None:
-            owner = principals.uid_of(cmd.owner)
+        if (owner_name := cmd.owner) is not None:
+            owner = await _in_thread(lambda: principals.uid_of(owner_name))
             if owner != policy.owner and not self._is_admin(caller):
                 raise ControlError(errno.EACCES, "only admins may change the owner")
             policy = dataclasses.replace(policy, owner=owner)
             changes["owner"] = owner
         if cmd.allow is not None:
-            grants = principals.grants_of(cmd.allow)
+            allow = cmd.allow
+            grants = await _in_thread(lambda: principals.grants_of(allow))
             policy = dataclasses.replace(policy, grants=grants)
-            changes["allow"] = [principals.render_grant(g) for g in grants]
+            changes["allow"] = await _in_thread(
+                lambda: [principals.render_grant(g) for g in grants])
         if cmd.ro is not None:
             policy = dataclasses.replace(policy, ro=cmd.ro)
             changes["ro"] = cmd.ro
@@ -303,7 +336,7 @@ class Controller:
             except OSError as exc:
                 raise ControlError(exc.errno or errno.EIO, f"cannot change ro: {exc}") from None
         try:
-            self._change(spec, dataclasses.replace(spec, policy=policy))
+            await self._change(spec, dataclasses.replace(spec, policy=policy))
         except ControlError:
             if cmd.ro is not None and live is not None and live.source is not None:
                 sources.set_readonly(live.source, spec.policy.ro)
@@ -312,36 +345,32 @@ class Controller:
             self._pending.append(live)
         return {"name": cmd.name}, changes
 
-    def _detach(self, caller: Caller,
-                cmd: Detach) -> tuple[dict[str, object], dict[str, object]]:
+    async def _detach(self, caller: Caller,
+                      cmd: Detach) -> tuple[dict[str, object], dict[str, object]]:
         self.ctx.rules.require_self_service(caller, "detach")
         _, spec = self.ctx.table.require(cmd.name)
         self._own_or_hidden(caller, spec, "detach")
         live = self.ctx.live.get(cmd.name)
         if live is not None and live.open_files and not cmd.force:
             raise ControlError(errno.EBUSY, f"{cmd.name} has {live.open_files} open files")
-        self._remove(spec, force=cmd.force)
+        await self._remove(spec, force=cmd.force)
         return {"name": cmd.name}, {"detached": cmd.name, "force": cmd.force}
 
     # --- state changes --------------------------------------------------------------------
 
-    def _change(self, old: SubtreeSpec, new: SubtreeSpec) -> None:
+    async def _change(self, old: SubtreeSpec, new: SubtreeSpec) -> None:
+        assert old.name == new.name
+        await self._save(self._specs_replacing(new))
         self.ctx.table.replace(new)
-        try:
-            self._save()
-        except ControlError:
-            self.ctx.table.replace(old)
-            raise
         self._refresh_live(new.name)
 
-    def _remove(self, spec: SubtreeSpec, *, force: bool) -> None:
-        self.ctx.table.remove(spec.name)
-        try:
-            self._save()
-        except ControlError:
-            self.ctx.table.add(spec)  # a new id is harmless: the live object keeps its own
-            raise
-        self.unpublish(spec.name)
+    async def _remove(self, spec: SubtreeSpec, *, force: bool) -> None:
+        await self._save(self._specs_without(spec.name))
+        self._commit_remove(spec.name)
+
+    def _commit_remove(self, name: str) -> None:
+        self.ctx.table.remove(name)
+        self.unpublish(name)
 
     def unpublish(self, name: str) -> None:
         """Take a removed subtree out of the view: the name vanishes now, the source closes
@@ -355,33 +384,34 @@ class Controller:
             live.close()
         self._pending.append(live)
 
-    def mark_declared(self, name: str) -> None:
+    async def mark_declared(self, name: str) -> None:
         """Remember that the config declares name (issue 15: `[[subtree]]` tables), so that
         dropping it from the config detaches it. Raises ControlError if the state file fails."""
-        found = self.ctx.table.get(name)
-        if found is not None and not found[1].declared:
-            self._change(found[1], dataclasses.replace(found[1], declared=True))
+        async with self._lock:
+            found = self.ctx.table.get(name)
+            if found is not None and not found[1].declared:
+                await self._change(found[1], dataclasses.replace(found[1], declared=True))
 
-    def record_failed(self, spec: SubtreeSpec) -> None:
+    async def record_failed(self, spec: SubtreeSpec) -> None:
         """List a declared subtree that could not be attached, as failed with its reason
         (SPEC 8), if its name is free. Raises ControlError if the state file fails."""
-        if self.ctx.table.get(spec.name) is not None:
-            return
-        self.ctx.table.add(spec)
-        try:
-            self._save()
-        except ControlError:
-            self.ctx.table.remove(spec.name)
-            raise
+        async with self._lock:
+            if self.ctx.table.get(spec.name) is not None:
+                return
+            await self._save([*self.ctx.table.specs(), spec])
+            self.ctx.table.add(spec)
 
     def expire(self, name: str) -> None:
-        """Idle expiry (autofs-style): detach with its holders, and say so in the audit log."""
+        """Idle expiry (autofs-style): detach with its holders, and say so in the audit log.
+        Skipped while a command runs (its checks must hold until its commit); the daemon's
+        next tick retries."""
         found = self.ctx.table.get(name)
-        if found is None:
+        if found is None or self._lock.locked():
             return
         _, spec = found
         try:
-            self._remove(spec, force=False)
+            self._save_now(self._specs_without(name))
+            self._commit_remove(name)
         except ControlError as exc:
             log.warning("expiry of %s failed: %s", name, exc.message)
             return
@@ -394,6 +424,12 @@ class Controller:
         pending, self._pending = self._pending, []
         for subtree in pending:
             await self.ctx.invalidate(subtree)
+
+
+def _not_written(exc: StateError | OSError) -> ControlError:
+    code = getattr(exc, "errno", None) or errno.EIO
+    log.error("state file not written: %s", exc)
+    return ControlError(code, f"state file not written: {exc}")
 
 
 def _require_same_options(spec: SubtreeSpec, policy: Policy, options: str) -> None:

@@ -63,15 +63,15 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
             log.warning("declared subtree %s not attached: %s", decl.name, message)
             if controller.ctx.table.get(decl.name) is None:
                 # Listed as failed with the reason, as a subtree failing at restart is (SPEC 8).
-                _record_failed(controller, decl, message)
+                await _record_failed(controller, decl, message)
             continue
         try:
-            controller.mark_declared(decl.name)
+            await controller.mark_declared(decl.name)
         except ControlError as exc:
             log.warning("declared subtree %s: %s", decl.name, exc.message)
 
 
-def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str) -> None:
+async def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str) -> None:
     try:
         owner = principals.uid_of(decl.owner or "root")
     except ControlError:
@@ -81,7 +81,7 @@ def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str) -> No
         identity=None, policy=Policy(owner=owner, ro=decl.ro), fstype=decl.fstype,
         options=decl.options, state=State.FAILED, reason=reason, declared=True)
     try:
-        controller.record_failed(spec)
+        await controller.record_failed(spec)
     except ControlError as exc:
         log.warning("declared subtree %s: %s", decl.name, exc.message)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.support.ctl import Reply
 from tests.support.daemon import ViewFactory, is_mounted, lazy_unmount
 
 _STALLFS = r'''
@@ -133,3 +136,122 @@ def test_stalled_source_fails_with_eio_and_other_subtrees_keep_answering(
         if is_mounted(mnt):
             lazy_unmount(mnt)
         os.sync()
+
+
+# A filesystem whose lookup of `hang` answers only once the file named by argv[2] exists
+# (ENOENT then), after creating argv[3] to say the lookup arrived: a source path that hangs.
+_HANGFS = r'''
+import errno, os, stat, sys
+import pyfuse3, trio
+
+class HangFS(pyfuse3.Operations):
+    supports_dot_lookup = False
+
+    async def getattr(self, inode, ctx=None):
+        e = pyfuse3.EntryAttributes()
+        e.st_ino, e.st_mode, e.st_nlink = inode, stat.S_IFDIR | 0o755, 2
+        return e
+
+    async def lookup(self, parent, name, ctx=None):
+        if name == b"hang":
+            open(sys.argv[3], "w").close()
+            for _ in range(1200):
+                if os.path.exists(sys.argv[2]):
+                    break
+                await trio.sleep(0.05)
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+pyfuse3.init(HangFS(), sys.argv[1], {"fsname=hangfs"})
+try:
+    trio.run(pyfuse3.main)
+finally:
+    pyfuse3.close()
+'''
+
+
+def _within(seconds: float, call: Callable[[], object]) -> bool:
+    """Did call return within seconds? (Run in a thread: a frozen daemon must fail the test,
+    not hang it.)"""
+    done = threading.Event()
+
+    def run() -> None:
+        call()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done.wait(seconds)
+
+
+@pytest.mark.timeout(90)
+def test_ctl_command_on_a_hanging_source_path_neither_freezes_the_view_nor_other_commands_overtake(
+    view_factory: ViewFactory, test_root: Path, source: Path
+) -> None:
+    """Issue 16 item 3: the source is opened in a worker thread, so the view keeps answering
+    while it hangs; the commands stay serialised, so a second one waits for the first. (The
+    second comes from a reload's `[[subtree]]` table: two ctl writes never race in the
+    daemon, since the kernel already serialises writes to one file.)"""
+    mnt, release, arrived = test_root / "hangfs", test_root / "release", test_root / "arrived"
+    mnt.mkdir()
+    hangfs = subprocess.Popen([sys.executable, "-c", _HANGFS, str(mnt), str(release),
+                               str(arrived)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 15
+        while not is_mounted(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_mounted(mnt), "the hanging test filesystem did not mount"
+        view = view_factory()
+        (source / "local").write_text("local data")
+        view.ok(f"attach local {source}")
+        second = test_root / "second"
+        second.mkdir()
+        config = view.daemon.config_path.read_text()
+
+        replies: dict[str, Reply] = {}
+
+        def run(key: str, command: str) -> threading.Thread:
+            thread = threading.Thread(target=lambda: replies.__setitem__(key, view.ctl(command)))
+            thread.start()
+            return thread
+
+        hung = run("hung", f"attach hung {mnt / 'hang'}")
+        deadline = time.monotonic() + 15
+        while not arrived.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert arrived.exists(), "the attach never looked the source up"
+        reloads = view.daemon.stderr_text().count("signal SIGHUP: reloading")
+        view.daemon.config_path.write_text(
+            f'{config}\n[[subtree]]\nname = "second"\nsource = "{second}"\n')
+        assert view.daemon.pid is not None
+        os.kill(view.daemon.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while (view.daemon.stderr_text().count("signal SIGHUP: reloading") == reloads
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+
+        # The view answers while the source hangs.
+        assert _within(5, lambda: (view.path / "local" / "local").read_text()), "view froze"
+        assert _within(5, lambda: os.stat(view.path)), "view froze"
+        assert _within(5, view.mounts), "the control files froze"
+        # The reload's attach waits for the hung command instead of overtaking it.
+        time.sleep(0.5)
+        assert hung.is_alive(), replies
+        assert {r["name"] for r in view.mounts_json()} == {"local"}
+
+        release.touch()
+        hung.join(timeout=30)
+        assert not hung.is_alive()
+        assert replies["hung"].errno == errno.ENOENT, replies["hung"]
+        deadline = time.monotonic() + 10
+        while {r["name"] for r in view.mounts_json()} != {"local", "second"}:
+            assert time.monotonic() < deadline, view.mounts_json()
+            time.sleep(0.05)
+    finally:
+        release.touch()
+        hangfs.terminate()
+        try:
+            hangfs.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            hangfs.kill()
+            hangfs.wait()
+        if is_mounted(mnt):
+            lazy_unmount(mnt)
