@@ -2,8 +2,9 @@
 
 Talks to the daemon only through VIEW/.fusemount/ (ctl, mounts, mounts.json, version),
 exactly as a shell script would: one write() per command on a fresh O_RDWR descriptor,
-then a read() of the reply on that same descriptor. Every argument of a typed method is
-quoted with shlex.quote, so no value can add, split or drop a word of the command.
+then a read() of the reply on that same descriptor. The typed methods build their commands
+with core/protocol.py's grammar (the daemon's own vocabulary) and every word is quoted with
+shlex.quote, so no value can add, split or drop a word of the command.
 
 Never: retry a command (it may have changed state), repair or reinterpret a reply, guess
 at anything the daemon did not say, or touch a source or the state file directly.
@@ -18,11 +19,12 @@ import errno as errno_mod
 import json
 import math
 import os
-import shlex
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
+
+from fusemount.core import protocol
+from fusemount.core.mounts import MountRecord
 
 CONTROL_DIR = ".fusemount"
 # A reply is one JSON line; this bounds what a broken daemon can make us buffer.
@@ -34,7 +36,7 @@ MAX_LISTING_BYTES = 64 << 20
 PROTOCOL_ERRNO = errno_mod.EPROTO
 
 Reply = dict[str, object]
-_T = TypeVar("_T")
+__all__ = ["Client", "ControlFailed", "CtlFile", "MountRecord", "parse_mounts"]
 
 
 class ControlFailed(OSError):
@@ -101,84 +103,6 @@ def _read_line(fd: int) -> bytes:
             break
         raw += chunk
     return raw.split(b"\n", 1)[0]
-
-
-@dataclass(frozen=True, slots=True)
-class MountRecord:
-    """One object of mounts.json: a subtree as the reader sees it (SPEC 4, SPEC 8).
-
-    Only name is required; keys the daemon does not send take these defaults and keys
-    this client does not know are ignored, so old clients read new daemons and back.
-    """
-
-    name: str
-    kind: str = "attach"  # "attach" | "mount"
-    source: str = ""
-    state: str = "attached"  # "attached" | "failed"
-    reason: str = ""  # why state is "failed"
-    ro: bool = False
-    owner: int | None = None
-    allow: tuple[str, ...] = ()  # as rendered by the daemon: "alice:ro", "@team:rw", "*:ro"
-    holders: tuple[str, ...] = ()
-    dev: int | None = None  # None: the source identity is unknown (a failed subtree)
-    ino: int | None = None
-    mount_id: int | None = None
-    fstype: str = ""
-    open_files: int = 0
-    access: str = "ro"  # what the reader may do: "ro" | "rw"
-    health: str = "ok"  # "ok" | "stalled"
-
-    @classmethod
-    def from_json(cls, obj: Mapping[str, object]) -> MountRecord:
-        """Build from one decoded object; ValueError names the first key of a wrong type."""
-        d = _DEFAULT_RECORD
-        return cls(
-            name=_field(obj, "name", str, None),
-            kind=_field(obj, "kind", str, d.kind),
-            source=_field(obj, "source", str, d.source),
-            state=_field(obj, "state", str, d.state),
-            reason=_field(obj, "reason", str, d.reason),
-            ro=_field(obj, "ro", bool, d.ro),
-            owner=_optional_int(obj, "owner"),
-            allow=_strings(obj, "allow"),
-            holders=_strings(obj, "holders"),
-            dev=_optional_int(obj, "dev"),
-            ino=_optional_int(obj, "ino"),
-            mount_id=_optional_int(obj, "mount_id"),
-            fstype=_field(obj, "fstype", str, d.fstype),
-            open_files=_field(obj, "open_files", int, d.open_files),
-            access=_field(obj, "access", str, d.access),
-            health=_field(obj, "health", str, d.health),
-        )
-
-
-_DEFAULT_RECORD = MountRecord(name="")
-
-
-def _field(obj: Mapping[str, object], key: str, type_: type[_T], default: _T | None) -> _T:
-    value = obj.get(key)
-    if value is None:
-        # null is read as absent: a daemon may well send null for "not applicable"
-        if default is None:
-            raise ValueError(f"missing key {key!r}")
-        return default
-    # bool is an int to isinstance(), never to us: `"open_files": true` is malformed
-    if not isinstance(value, type_) or (type_ is not bool and isinstance(value, bool)):
-        raise ValueError(f"key {key!r} should be {type_.__name__}, got {value!r:.60}")
-    return value
-
-
-def _optional_int(obj: Mapping[str, object], key: str) -> int | None:
-    return None if obj.get(key) is None else _field(obj, key, int, None)
-
-
-def _strings(obj: Mapping[str, object], key: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"key {key!r} should be a list of strings, got {value!r:.60}")
-    return tuple(value)
 
 
 def parse_mounts(data: bytes, origin: str = "mounts.json") -> list[MountRecord]:
@@ -248,8 +172,9 @@ class Client:
             )
         return reply
 
-    def _send(self, words: list[str]) -> Reply:
-        return self.command(shlex.join(words))
+    def _send(self, verb: str, positionals: Sequence[str], flags: Sequence[str] = (),
+              options: Sequence[tuple[str, str]] = ()) -> Reply:
+        return self.command(protocol.render(verb, positionals, flags, options))
 
     # --- typed commands (SPEC 4 "Commands") -------------------------------------------
 
@@ -265,8 +190,8 @@ class Client:
         expire_s: float | None = None,
     ) -> Reply:
         """`attach NAME SOURCE ...`; the reply names dev, ino, mount_id and fstype."""
-        words = ["attach", name, source, *(["ro"] if ro else [])]
-        return self._send(words + _options(owner, allow, holder, expire_s))
+        return self._send("attach", [name, source], ["ro"] if ro else [],
+                          _options(owner, allow, holder, expire_s))
 
     def mount(
         self,
@@ -282,17 +207,16 @@ class Client:
         expire_s: float | None = None,
     ) -> Reply:
         """`mount NAME FSTYPE SOURCE ...` (admins only); source is a path or "none"."""
-        words = ["mount", name, fstype, source, *(["ro"] if ro else [])]
-        if options is not None:
-            words.append(f"options={options}")
-        return self._send(words + _options(owner, allow, holder, expire_s))
+        given = [("options", options)] if options is not None else []
+        return self._send("mount", [name, fstype, source], ["ro"] if ro else [],
+                          given + _options(owner, allow, holder, expire_s))
 
     def hold(self, name: str, holder: str) -> Reply:
-        return self._send(["hold", name, holder])
+        return self._send("hold", [name, holder])
 
     def release(self, name: str, holder: str) -> Reply:
         """Remove holder; the daemon detaches a holder-made subtree at its last release."""
-        return self._send(["release", name, holder])
+        return self._send("release", [name, holder])
 
     def set(
         self,
@@ -305,19 +229,16 @@ class Client:
     ) -> Reply:
         """`set NAME [ro|rw] [owner=] [allow=] [squash=]`: None leaves a setting alone,
         allow=[] clears; squash="root" makes root act as nobody inside the subtree."""
-        words = ["set", name]
-        if ro is not None:
-            words.append("ro" if ro else "rw")
-        words += _options(owner, allow, None, None)
+        options = _options(owner, allow, None, None)
         if squash is not None:
             if squash not in ("root", "none"):
                 raise ValueError(f"squash must be 'root' or 'none', not {squash!r}")
-            words.append(f"squash={squash}")
-        return self._send(words)
+            options.append(("squash", squash))
+        return self._send("set", [name], [] if ro is None else ["ro" if ro else "rw"], options)
 
     def detach(self, name: str, *, force: bool = False) -> Reply:
         """`detach NAME [force]`; EBUSY while files are open unless force."""
-        return self._send(["detach", name, *(["force"] if force else [])])
+        return self._send("detach", [name], ["force"] if force else [])
 
     # --- listings --------------------------------------------------------------------
 
@@ -459,17 +380,17 @@ def _options(
     allow: Sequence[str] | None,
     holder: str | None,
     expire_s: float | None,
-) -> list[str]:
-    words: list[str] = []
+) -> list[tuple[str, str]]:
+    options: list[tuple[str, str]] = []
     if owner is not None:
-        words.append(f"owner={owner}")
+        options.append(("owner", str(owner)))
     if allow is not None:
-        words.append("allow=" + _render_allow(allow))
+        options.append(("allow", _render_allow(allow)))
     if holder is not None:
-        words.append(f"holder={holder}")
+        options.append(("holder", holder))
     if expire_s is not None:
-        words.append(f"expire={_render_seconds(expire_s)}")
-    return words
+        options.append(("expire", _render_seconds(expire_s)))
+    return options
 
 
 def _render_allow(allow: Sequence[str]) -> str:

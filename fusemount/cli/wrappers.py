@@ -28,47 +28,44 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fusemount.client import Client, ControlFailed, MountRecord, parse_mounts
+from fusemount.core import protocol
 
 PROG = "fusemount"
 
 
 @dataclass(frozen=True, slots=True)
 class _Verb:
-    words: str  # the ctl words after VIEW, as in SPEC 4
     summary: str
     example: str
+
+    def words(self, verb: str) -> str:
+        """The ctl words after VIEW, from the daemon's own grammar (SPEC 4)."""
+        return protocol.usage(verb).split(" ", 1)[1]
 
 
 # SPEC 4 "Commands"; the examples are meant to be pasted.
 _CONTROL_VERBS: dict[str, _Verb] = {
     "attach": _Verb(
-        "NAME SOURCE [ro] [owner=USER] [allow=LIST] [holder=ID] [expire=SECONDS]",
         "show the directory SOURCE as VIEW/NAME",
         "fusemount attach /mnt/view data /srv/data ro allow=alice:ro,@team:ro",
     ),
     "mount": _Verb(
-        "NAME FSTYPE SOURCE [ro] [options=OPTS] [owner=USER] [allow=LIST] [holder=ID]"
-        " [expire=SECONDS]",
         "mount a new FSTYPE filesystem from SOURCE (a device, an image or none) as VIEW/NAME",
         "fusemount mount /mnt/view scratch tmpfs none options=size=64m allow=@team:rw",
     ),
     "hold": _Verb(
-        "NAME HOLDER",
         "add HOLDER to the holders that keep NAME attached",
         "fusemount hold /mnt/view data vol-17",
     ),
     "release": _Verb(
-        "NAME HOLDER",
         "remove HOLDER; a subtree made with a holder detaches at its last release",
         "fusemount release /mnt/view data vol-17",
     ),
     "set": _Verb(
-        "NAME [ro|rw] [owner=USER] [allow=LIST] [squash=root|none]",
         "change the access policy of NAME (squash=root: root acts as nobody in it)",
         "fusemount set /mnt/view data rw owner=alice allow=bob:ro,@ops:rw squash=root",
     ),
     "detach": _Verb(
-        "NAME [force]",
         "remove NAME from the view (EBUSY while files are open, unless force)",
         "fusemount detach /mnt/view data force",
     ),
@@ -160,7 +157,7 @@ def add_parsers(
         sub = verbs.add_parser(
             verb,
             help=spec.summary,
-            usage=f"{PROG} {verb} [-v] [--json] VIEW {spec.words}",
+            usage=f"{PROG} {verb} [-v] [--json] VIEW {spec.words(verb)}",
             description=(
                 f"{spec.summary[0].upper()}{spec.summary[1:]}.\n\n"
                 f"Writes the command `{verb} WORD...` to VIEW/.fusemount/ctl.\n"
@@ -176,7 +173,7 @@ def add_parsers(
         sub.add_argument("view", metavar="VIEW", help="where the view is mounted")
         # REMAINDER: words such as a holder id "-x" belong to the daemon, not to argparse
         sub.add_argument(
-            "words", metavar="WORD", nargs=argparse.REMAINDER, help=f"ctl words: {spec.words}"
+            "words", metavar="WORD", nargs=argparse.REMAINDER, help=f"ctl words: {spec.words(verb)}"
         )
     ls = verbs.add_parser(
         "ls",

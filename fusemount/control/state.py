@@ -19,11 +19,11 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn, TypeVar
 
+from fusemount.core.protocol import HOLDER_RE, NAME_RE
 from fusemount.core.records import (
     Access,
     Grant,
@@ -42,9 +42,8 @@ CURRENT_VERSION = 1
 
 # The state file is ours, but it may be hand-edited or restored from a backup:
 # a name or holder that the control language could never have produced is refused
-# rather than handed to the daemon (SPEC 3 names, SPEC 4 holders).
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_HOLDER_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# rather than handed to the daemon (SPEC 3 names, SPEC 4 holders): the protocol's own
+# NAME_RE and HOLDER_RE decide.
 
 _E = TypeVar("_E", Kind, State, GrantKind)
 
@@ -416,11 +415,11 @@ def _decode_table(doc: object) -> list[SubtreeSpec]:
 def _decode_spec(value: object, where: str) -> SubtreeSpec:
     f = _Fields(value, where, _SPEC_REQUIRED, _SPEC_OPTIONAL)
     name = f.str_("name")
-    if not _NAME_RE.fullmatch(name):
+    if not NAME_RE.fullmatch(name):
         raise _Invalid(f"{f.at('name')}: {name!r} is not a valid subtree name")
     holders: list[str] = []
     for i, holder in enumerate(f.list_("holders")):
-        if not isinstance(holder, str) or not _HOLDER_RE.fullmatch(holder):
+        if not isinstance(holder, str) or not HOLDER_RE.fullmatch(holder):
             raise _Invalid(f"{f.at('holders')}[{i}]: not a valid holder id")
         if holder in holders:
             raise _Invalid(f"{f.at('holders')}[{i}]: holder {holder!r} appears twice")

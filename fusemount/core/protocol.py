@@ -15,7 +15,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias, TypeVar
 
@@ -114,18 +114,11 @@ class Detach:
 
 Command: TypeAlias = Attach | Mount | Hold | Release | Set | Detach
 
-# Commands that must reach the state file and the audit log before their reply (SPEC 4).
-_STATE_CHANGING: frozenset[type[Command]] = frozenset({Attach, Mount, Hold, Release, Set, Detach})
 
 
 def verb_of(cmd: Command) -> str:
     """The command word, as written in the ctl language."""
     return cmd.verb
-
-
-def changes_state(cmd: Command) -> bool:
-    """True if the command must be made durable and audited before its reply (SPEC 4)."""
-    return type(cmd) in _STATE_CHANGING
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -418,6 +411,31 @@ def format_command(cmd: Command) -> str:
         case Detach():
             words += _flag(cmd.force, "force")
     return shlex.join(words)
+
+
+def usage(verb: str) -> str:
+    """The usage line of verb, as SPEC 4 writes it ("set NAME [ro|rw] ...")."""
+    return _GRAMMARS[verb].usage
+
+
+def render(verb: str, positionals: Sequence[str], flags: Sequence[str] = (),
+           options: Sequence[tuple[str, str]] = ()) -> str:
+    """One ctl line from its parts, in the grammar's order: verb, positionals, flags,
+    `key=value` options, each word quoted. ValueError for a verb, flag or option key the
+    grammar does not have, or the wrong number of positionals: the client and the CLI speak
+    the daemon's vocabulary, never a copy of it. Values are the daemon's to judge."""
+    grammar = _GRAMMARS.get(verb)
+    if grammar is None:
+        raise ValueError(f"unknown command {verb!r}")
+    if len(positionals) != len(grammar.positionals):
+        raise ValueError(f"{verb} takes {' '.join(grammar.positionals)}")
+    for flag in flags:
+        if flag not in grammar.flags:
+            raise ValueError(f"{verb}: no option {flag!r}")
+    for key, _ in options:
+        if key not in grammar.options:
+            raise ValueError(f"{verb}: no option {key + '='!r}")
+    return shlex.join([verb, *positionals, *flags, *(f"{k}={v}" for k, v in options)])
 
 
 def _flag(is_set: bool, word: str) -> list[str]:

@@ -4,7 +4,7 @@ Each function is named after its syscall, makes exactly that call (x86_64 number
 raises OSError(errno) on failure. Nothing here decides policy, resolves a path on its own
 initiative or retries an operation that could have taken effect; the callers (sources.py,
 backing.py, creds.py) choose flags. Serves SPEC 1 (descriptor-only access), 3 (rename flags,
-xattrs, fallocate), 4 (`mount`: detached filesystems) and 5 (acting as the caller).
+fallocate), 4 (`mount`: detached filesystems) and 5 (acting as the caller).
 
 How this works: one `CDLL(None, use_errno=True)` handle whose `syscall` is bound once with a
 c_long restype; the errno comes from ctypes.get_errno(). openat2's `struct open_how` is
@@ -54,9 +54,6 @@ STATX_MNT_ID: Final = 0x1000
 STATX_MNT_ID_UNIQUE: Final = 0x4000
 STATX_ATTR_MOUNT_ROOT: Final = 0x2000
 
-XATTR_CREATE: Final = 1
-XATTR_REPLACE: Final = 2
-XATTR_SIZE_MAX: Final = 65536
 
 UTIME_NOW: Final = (1 << 30) - 1
 UTIME_OMIT: Final = (1 << 30) - 2
@@ -77,7 +74,6 @@ _NR_CAPGET: Final = 125
 _NR_CAPSET: Final = 126
 _NR_SETFSUID: Final = 122
 _NR_SETFSGID: Final = 123
-_NR_GETTID: Final = 186
 _NR_GETDENTS64: Final = 217
 _NR_UTIMENSAT: Final = 280
 _NR_FALLOCATE: Final = 285
@@ -92,10 +88,6 @@ _NR_FSMOUNT: Final = 432
 _NR_OPENAT2: Final = 437
 _NR_MOUNT_SETATTR: Final = 442
 _NR_FCHMODAT2: Final = 452
-_NR_SETXATTRAT: Final = 463
-_NR_GETXATTRAT: Final = 464
-_NR_LISTXATTRAT: Final = 465
-_NR_REMOVEXATTRAT: Final = 466
 
 _libc: Final = ctypes.CDLL(None, use_errno=True)
 
@@ -382,112 +374,6 @@ def mount_setattr(
         raise _error()
 
 
-# ----------------------------------------------------------------------------- xattrs
-
-
-class _XattrArgs(ctypes.Structure):
-    _fields_ = (("value", ctypes.c_uint64), ("size", ctypes.c_uint32), ("flags", ctypes.c_uint32))
-
-
-assert ctypes.sizeof(_XattrArgs) == 16
-# The 6th argument of syscall() travels on the stack, where ctypes writes only the low 32
-# bits of a plain int; a c_long fills the whole slot (a garbage size gives E2BIG).
-_XATTR_ARGS_SIZE: Final = ctypes.c_long(16)
-
-
-def _getxattrat_into(
-    dirfd: int, name: bytes, flags: int, attr: bytes, buf: ctypes.Array[ctypes.c_char] | None
-) -> int:
-    size = len(buf) if buf is not None else 0
-    address = ctypes.addressof(buf) if buf is not None else 0
-    args = _XattrArgs(address, size, 0)
-    return _syscall(_NR_GETXATTRAT, dirfd, name, flags, attr, ctypes.byref(args), _XATTR_ARGS_SIZE)
-
-
-def getxattrat(
-    dirfd: int,
-    name: bytes | str,
-    attr: bytes | str,
-    size: int = 0,
-    flags: int = AT_SYMLINK_NOFOLLOW,
-) -> bytes:
-    """The whole value of `attr` on `dirfd`/`name` (works on an O_PATH `dirfd`).
-
-    `size` is only a first guess of the value's length (0: ask the kernel first); a value
-    that grows between the calls is re-read, so the result is never truncated. ENODATA if
-    the attribute is missing, EOPNOTSUPP if the fs has no xattrs.
-    """
-    path, key = _name(name), _name(attr)
-    guess = size
-    for _ in range(8):
-        if guess <= 0:
-            guess = _getxattrat_into(dirfd, path, flags, key, None)
-            if guess < 0:
-                raise _error()
-            if guess == 0:
-                return b""
-        buf = ctypes.create_string_buffer(min(guess, XATTR_SIZE_MAX))
-        got = _getxattrat_into(dirfd, path, flags, key, buf)
-        if got >= 0:
-            return buf.raw[:got]
-        if ctypes.get_errno() != errno.ERANGE or guess >= XATTR_SIZE_MAX:
-            raise _error()
-        guess = 0
-    raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
-
-
-def setxattrat(
-    dirfd: int,
-    name: bytes | str,
-    attr: bytes | str,
-    value: bytes,
-    xflags: int = 0,
-    flags: int = AT_SYMLINK_NOFOLLOW,
-) -> None:
-    """Set `attr` atomically with XATTR_CREATE (EEXIST) / XATTR_REPLACE (ENODATA) semantics."""
-    buf = ctypes.create_string_buffer(value, len(value))
-    args = _XattrArgs(ctypes.addressof(buf), len(value), xflags)
-    if (
-        _syscall(
-            _NR_SETXATTRAT,
-            dirfd,
-            _name(name),
-            flags,
-            _name(attr),
-            ctypes.byref(args),
-            _XATTR_ARGS_SIZE,
-        )
-        < 0
-    ):
-        raise _error()
-
-
-def listxattrat(dirfd: int, name: bytes | str, flags: int = AT_SYMLINK_NOFOLLOW) -> list[bytes]:
-    """Every attribute name of `dirfd`/`name`, re-read if the list grew between calls."""
-    path = _name(name)
-    for _ in range(8):
-        need = _syscall(_NR_LISTXATTRAT, dirfd, path, flags, None, 0)
-        if need < 0:
-            raise _error()
-        if need == 0:
-            return []
-        buf = ctypes.create_string_buffer(need)
-        got = _syscall(_NR_LISTXATTRAT, dirfd, path, flags, buf, need)
-        if got >= 0:
-            return buf.raw[:got].split(b"\0")[:-1]
-        if ctypes.get_errno() != errno.ERANGE:
-            raise _error()
-    raise OSError(errno.ERANGE, os.strerror(errno.ERANGE))
-
-
-def removexattrat(
-    dirfd: int, name: bytes | str, attr: bytes | str, flags: int = AT_SYMLINK_NOFOLLOW
-) -> None:
-    """Remove `attr`; ENODATA if it is missing."""
-    if _syscall(_NR_REMOVEXATTRAT, dirfd, _name(name), flags, _name(attr)) < 0:
-        raise _error()
-
-
 # ------------------------------------------------------------------------ credentials
 
 
@@ -565,11 +451,6 @@ def capset(caps: CapSets) -> None:
             _capset_args[caps] = args
     if _syscall(_NR_CAPSET, *args) < 0:
         raise _error()
-
-
-def gettid() -> int:
-    """The kernel id of the calling thread (/proc/self/task/<tid>)."""
-    return _syscall(_NR_GETTID)
 
 
 # ------------------------------------------------------------------------ file handles

@@ -27,6 +27,7 @@ from pyfuse3 import (
 )
 
 from fusemount import __version__
+from fusemount.core.mounts import MountRecord
 from fusemount.core.records import Access, Caller, State
 from fusemount.host import principals
 from fusemount.view.attrs import fill, synthetic
@@ -261,28 +262,27 @@ class ControlFiles:
                 continue
             live = self.ctx.live.get(spec.name)
             ident = spec.identity
-            record: dict[str, object] = {
-                "name": spec.name,
-                "kind": spec.kind.value,
-                "source": spec.source,
-                "state": spec.state.value,
-                "reason": spec.reason,
-                "ro": spec.policy.ro,
-                "owner": spec.policy.owner,
-                "allow": [g.render() for g in spec.policy.grants],
-                "holders": list(spec.holders),
-                "squash": "root" if spec.policy.squash_root else "none",
-                "expire": spec.expire_s,
-                "dev": ident.dev if ident else None,
-                "ino": ident.ino if ident else None,
-                "mount_id": ident.mount_id if ident else None,
-                "fstype": (spec.fstype or (ident.fstype if ident else "")),
-                "open_files": live.open_files if live else 0,
-                "access": {Access.NONE: "none", Access.RO: "ro", Access.RW: "rw"}[access],
-                "health": _health(spec.state, live),
-            }
-            if spec.kind.value == "mount":
-                record["options"] = spec.options
+            record = MountRecord(
+                name=spec.name,
+                kind=spec.kind.value,
+                source=spec.source,
+                state=spec.state.value,
+                reason=spec.reason,
+                ro=spec.policy.ro,
+                owner=spec.policy.owner,
+                allow=tuple(g.render() for g in spec.policy.grants),
+                holders=tuple(spec.holders),
+                squash="root" if spec.policy.squash_root else "none",
+                expire=spec.expire_s,
+                dev=ident.dev if ident else None,
+                ino=ident.ino if ident else None,
+                mount_id=ident.mount_id if ident else None,
+                fstype=(spec.fstype or (ident.fstype if ident else "")),
+                open_files=live.open_files if live else 0,
+                access={Access.NONE: "none", Access.RO: "ro", Access.RW: "rw"}[access],
+                health=_health(spec.state, live),
+                options=spec.options if spec.kind.value == "mount" else None,
+            ).to_json()
             out.append(record)
         return out
 

@@ -140,12 +140,6 @@ class HandleTable:
             raise OSError(errno.EBADF, "not an open file")
         return found
 
-    def directory(self, fh: int) -> DirHandle:
-        found = self._by_fh.get(fh)
-        if not isinstance(found, DirHandle):
-            raise OSError(errno.EBADF, "not an open directory")
-        return found
-
     def control(self, fh: int) -> ControlHandle:
         found = self._by_fh.get(fh)
         if not isinstance(found, ControlHandle):

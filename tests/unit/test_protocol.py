@@ -18,9 +18,9 @@ from fusemount.core.protocol import (
     Mount,
     Release,
     Set,
-    changes_state,
     format_command,
     parse,
+    render,
     render_error,
     render_ok,
     verb_of,
@@ -296,7 +296,6 @@ def test_verb_of_names_the_command_word() -> None:
     ]
     for cmd, verb in cases:
         assert verb_of(cmd) == verb == cmd.verb
-        assert changes_state(cmd)
         assert verb_of(parse(format_command(cmd).encode())) == verb
 
 
@@ -459,3 +458,40 @@ def test_format_command_round_trips_through_parse(cmd: Command) -> None:
     line = format_command(cmd)
     assert "\n" not in line
     assert parse(line.encode() + b"\n") == cmd
+
+
+# --- render: the one vocabulary the client and the CLI build commands with (issue 16 item 5) --
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (("attach", ["d", "/srv/a b"], ["ro"], [("holder", "vm42"), ("expire", "30")]),
+         Attach(name="d", source="/srv/a b", ro=True, holder="vm42", expire_s=30.0)),
+        (("mount", ["s", "tmpfs", "none"], [], [("options", "size=1m")]),
+         Mount(name="s", fstype="tmpfs", source="none", options="size=1m")),
+        (("set", ["d"], ["rw"], [("squash", "root")]),
+         Set(name="d", ro=False, squash_root=True)),
+        (("detach", ["d"], ["force"], []), Detach(name="d", force=True)),
+    ],
+)
+def test_render_builds_what_parse_reads(
+    parts: tuple[str, list[str], list[str], list[tuple[str, str]]], expected: Command
+) -> None:
+    assert parse(render(*parts).encode()) == expected
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("attach", ["d", "/s"], [], [("squash", "root")]),  # set only
+        ("set", ["d"], ["force"], []),
+        ("hold", ["d"], [], []),
+        ("frobnicate", ["d"], [], []),
+    ],
+)
+def test_render_refuses_words_outside_the_grammar(
+    parts: tuple[str, list[str], list[str], list[tuple[str, str]]]
+) -> None:
+    with pytest.raises(ValueError):
+        render(*parts)

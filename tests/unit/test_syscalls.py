@@ -335,55 +335,6 @@ def test_fsopen_unknown_type_is_enodev() -> None:
     assert errno_of(lambda: sc.fsopen("no-such-fs")) == errno.ENODEV
 
 
-# ----------------------------------------------------------------------------- xattrs
-
-
-def test_xattrat_round_trip_relative_to_opath_dir_fd(tree: Path, root_fd: int) -> None:
-    sc.setxattrat(root_fd, b"f", b"user.x", b"one")
-    assert sc.getxattrat(root_fd, b"f", b"user.x", 0) == b"one"
-    assert os.getxattr(tree / "f", "user.x") == b"one"
-    assert b"user.x" in sc.listxattrat(root_fd, b"f")
-    sc.setxattrat(root_fd, "f", "user.y", b"", sc.XATTR_CREATE)
-    assert sc.getxattrat(root_fd, b"f", b"user.y", 16) == b""
-    sc.removexattrat(root_fd, b"f", b"user.x")
-    assert errno_of(lambda: sc.getxattrat(root_fd, b"f", b"user.x", 16)) == errno.ENODATA
-    assert sc.listxattrat(root_fd, b"f") == [b"user.y"]
-
-
-def test_setxattrat_create_and_replace_flags(root_fd: int) -> None:
-    sc.setxattrat(root_fd, b"f", b"user.x", b"one", sc.XATTR_CREATE)
-    assert (
-        errno_of(lambda: sc.setxattrat(root_fd, b"f", b"user.x", b"two", sc.XATTR_CREATE))
-        == errno.EEXIST
-    )
-    assert (
-        errno_of(lambda: sc.setxattrat(root_fd, b"f", b"user.z", b"two", sc.XATTR_REPLACE))
-        == errno.ENODATA
-    )
-    sc.setxattrat(root_fd, b"f", b"user.x", b"two", sc.XATTR_REPLACE)
-    assert sc.getxattrat(root_fd, b"f", b"user.x", 3) == b"two"
-
-
-def test_getxattrat_returns_whole_value_past_a_small_guess(root_fd: int) -> None:
-    value = bytes(range(256)) * 11  # ext4 without ea_inode holds under 4 KiB
-    sc.setxattrat(root_fd, b"sub", b"user.big", value)
-    assert sc.getxattrat(root_fd, b"sub", b"user.big", 8) == value
-    assert sc.getxattrat(root_fd, b"sub", b"user.big") == value
-
-
-def test_listxattrat_empty_and_many(root_fd: int) -> None:
-    assert sc.listxattrat(root_fd, b"sub") == []
-    names = [f"user.attr{i:03d}".encode() for i in range(40)]
-    for name in names:
-        sc.setxattrat(root_fd, b"sub", name, b"v")
-    assert sorted(sc.listxattrat(root_fd, b"sub")) == names
-
-
-def test_xattrat_user_namespace_on_symlink_is_eperm(root_fd: int) -> None:
-    assert errno_of(lambda: sc.setxattrat(root_fd, b"flnk", b"user.x", b"v")) == errno.EPERM
-    assert errno_of(lambda: sc.removexattrat(root_fd, b"f", b"user.none")) == errno.ENODATA
-
-
 # ------------------------------------------------------------------------ credentials
 
 
@@ -417,7 +368,7 @@ def test_setfsuid_in_thread_creates_as_that_uid_main_unchanged(shared_fd: int) -
     try:
         assert switched.wait(10)
         # While the worker still runs as OTHER_UID, this thread creates as root.
-        assert task_status(sc.gettid(), "Uid")[3] == "0"
+        assert task_status(threading.get_native_id(), "Uid")[3] == "0"
         os.close(os.open("root", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=shared_fd))
     finally:
         checked.set()
@@ -432,12 +383,12 @@ def test_setfsuid_thread_status_shows_fsuid() -> None:
     def worker() -> str:
         previous = sc.setfsuid(OTHER_UID)
         try:
-            return task_status(sc.gettid(), "Uid")[3]
+            return task_status(threading.get_native_id(), "Uid")[3]
         finally:
             sc.setfsuid(previous)
 
     assert in_thread(worker) == str(OTHER_UID)
-    assert task_status(sc.gettid(), "Uid")[3] == "0"
+    assert task_status(threading.get_native_id(), "Uid")[3] == "0"
 
 
 def test_setfsgid_in_thread_sets_group_of_new_file(shared_fd: int) -> None:
@@ -455,17 +406,17 @@ def test_setfsgid_in_thread_sets_group_of_new_file(shared_fd: int) -> None:
 
 
 def test_setgroups_thread_changes_only_calling_thread() -> None:
-    main_groups = task_status(sc.gettid(), "Groups")
+    main_groups = task_status(threading.get_native_id(), "Groups")
 
     def worker() -> tuple[list[str], list[str]]:
         sc.setgroups_thread([5000, 6000])
-        mine = task_status(sc.gettid(), "Groups")
+        mine = task_status(threading.get_native_id(), "Groups")
         return mine, task_status(threading.main_thread().native_id or 0, "Groups")
 
     mine, main_seen = in_thread(worker)
     assert mine == ["5000", "6000"]
     assert main_seen == main_groups
-    assert task_status(sc.gettid(), "Groups") == main_groups
+    assert task_status(threading.get_native_id(), "Groups") == main_groups
 
 
 def test_setgroups_thread_grants_group_access(tmp_path: Path) -> None:
@@ -490,12 +441,6 @@ def test_setgroups_thread_grants_group_access(tmp_path: Path) -> None:
     assert in_thread(lambda: create_as_other([5000])) == 0
     assert in_thread(lambda: create_as_other([])) == errno.EACCES
     assert (group_dir / "by-1").stat().st_uid == OTHER_UID
-
-
-def test_gettid_is_pid_on_main_thread_and_native_id_elsewhere() -> None:
-    assert sc.gettid() == os.getpid()
-    tid, native = in_thread(lambda: (sc.gettid(), threading.get_native_id()))
-    assert tid == native != os.getpid()
 
 
 # ------------------------------------------------------------------------ file handles
