@@ -19,7 +19,7 @@ import pytest
 
 from fusemount.cli import commands as cli
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import fusemount, names_listed, record_of, replace_dir
+from tests.support.control import fusemount, names_listed, record_of, replace_dir
 from tests.support.daemon import ViewHandle, is_mounted
 from tests.support.users import SYSTEM_PYTHON, Users, run_as
 

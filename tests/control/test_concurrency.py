@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import DOCUMENTED_ERRNOS, state_table
+from tests.support.control import DOCUMENTED_ERRNOS, state_table
 from tests.support.daemon import ViewFactory
 
 WORKERS = 8

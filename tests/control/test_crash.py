@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import names_listed, record_of, state_table, unexpected_log_lines
+from tests.support.control import names_listed, record_of, state_table, unexpected_log_lines
 from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo
 
 _EXPECTED_WARNINGS = ("dead FUSE mount", "not connected")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import make_dir
+from tests.support.control import make_dir
 from tests.support.daemon import ViewHandle
 from tests.support.users import Users, py_as
 

@@ -18,7 +18,7 @@ import pytest
 
 from fusemount.daemon.serve import pidfile_for
 from fusemount.host import daemonfiles
-from tests.control.helpers import fusemount, make_dir, reap_unmanaged, serving_pids
+from tests.support.control import fusemount, make_dir, reap_unmanaged, serving_pids
 from tests.support.daemon import Daemon, DaemonStartError, ViewFactory, ViewHandle, is_mounted
 
 

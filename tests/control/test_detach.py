@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import (
+from tests.support.control import (
     fd_count,
     fd_identities,
     identity,

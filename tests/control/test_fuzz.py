@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import DOCUMENTED_ERRNOS, names_listed, state_table
+from tests.support.control import DOCUMENTED_ERRNOS, names_listed, state_table
 from tests.support.daemon import ViewFactory
 
 SEED = 0x5EED

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import names_listed, record_of, refused, snapshot, state_table
+from tests.support.control import names_listed, record_of, refused, snapshot, state_table
 from tests.support.daemon import ViewHandle
 
 

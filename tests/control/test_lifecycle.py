@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fusemount.cli import commands as cli
-from tests.control.helpers import (
+from tests.support.control import (
     fusemount,
     make_dir,
     names_listed,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import (
+from tests.support.control import (
     make_dir,
     names_listed,
     record_of,

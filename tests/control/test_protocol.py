@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import names_listed, record_of
+from tests.support.control import names_listed, record_of
 from tests.support.ctl import Reply
 from tests.support.daemon import ViewFactory, ViewHandle
 

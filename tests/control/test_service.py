@@ -23,7 +23,7 @@ import pytest
 from fusemount.daemon.serve import serving_pid
 from fusemount.host import daemonfiles
 from tests.control.conftest import SourceFactory
-from tests.control.helpers import fusemount, make_dir, reap_unmanaged, record_of
+from tests.support.control import fusemount, make_dir, reap_unmanaged, record_of
 from tests.support.ctl import ctl_as
 from tests.support.daemon import REPO_ROOT, ViewFactory, ViewHandle, is_mounted, lazy_unmount
 from tests.support.users import Users

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import make_ext4_image, release_loops
+from tests.support.mounts import make_ext4_image, release_loops
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import release_loops
-from tests.security.escape import mounted
 from tests.support.daemon import ViewFactory
+from tests.support.escape import mounted
+from tests.support.mounts import release_loops
 from tests.support.users import User, Users, py_as
 
 pytestmark = pytest.mark.needs_root

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import (
+from tests.support.daemon import ViewHandle
+from tests.support.mounts import (
     fsck_clean,
     loop_devices_of,
     make_ext4_image,
@@ -23,7 +24,6 @@ from tests.mounts.support import (
     statvfs_flags_of_mount,
     wait_loop_released,
 )
-from tests.support.daemon import ViewHandle
 
 
 def _record(view: ViewHandle, name: str) -> dict[str, object]:

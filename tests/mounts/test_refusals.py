@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import loop_devices_of, statvfs_flags_of_mount
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.mounts import loop_devices_of, statvfs_flags_of_mount
 from tests.support.users import Users
 
 HOSTILE_OPTIONS = ["suid", "dev", "exec", "size=8m,suid", "nosuid,dev", "bogus_option=1"]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import daemon_fds_on, mountinfo_devs, statvfs_flags_of_mount
 from tests.support.daemon import ViewHandle
+from tests.support.mounts import daemon_fds_on, mountinfo_devs, statvfs_flags_of_mount
 
 MIB = 1 << 20
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import config, make_dir, make_file, probe
 from tests.support.daemon import ViewFactory
+from tests.support.permissions import config, make_dir, make_file, probe
 from tests.support.users import Users
 
 pytestmark = pytest.mark.needs_root

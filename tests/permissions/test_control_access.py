@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import ROOT, config, make_dir, probe
 from tests.support.ctl import Reply, ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.permissions import ROOT, config, make_dir, probe
 from tests.support.users import User, Users
 
 pytestmark = pytest.mark.needs_root

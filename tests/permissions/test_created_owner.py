@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import config, make_dir, probe
 from tests.support.daemon import ViewFactory
+from tests.support.permissions import config, make_dir, probe
 from tests.support.users import Users, py_as
 
 pytestmark = pytest.mark.needs_root

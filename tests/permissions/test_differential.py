@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import Outcome, config, dump, make_dir, make_file, probe_many
 from tests.support.daemon import ViewFactory
+from tests.support.permissions import Outcome, config, dump, make_dir, make_file, probe_many
 from tests.support.users import User, Users
 
 pytestmark = pytest.mark.needs_root

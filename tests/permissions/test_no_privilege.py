@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import ROOT, config, make_dir, make_file, probe
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.permissions import ROOT, config, make_dir, make_file, probe
 from tests.support.users import Users
 
 pytestmark = pytest.mark.needs_root

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import config
-from tests.security.escape import mounted
 from tests.support.daemon import ViewFactory
+from tests.support.escape import mounted
+from tests.support.permissions import config
 from tests.support.users import Users, py_as
 
 pytestmark = pytest.mark.needs_root

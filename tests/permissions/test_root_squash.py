@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import ROOT, config, make_dir, make_file
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.permissions import ROOT, config, make_dir, make_file
 from tests.support.users import User, Users, py_as
 
 pytestmark = pytest.mark.needs_root

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import ROOT, config
 from tests.support.daemon import ViewFactory
+from tests.support.permissions import ROOT, config
 from tests.support.users import User, Users, py_as
 
 pytestmark = pytest.mark.needs_root

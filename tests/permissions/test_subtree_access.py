@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.permissions.common import (
+from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.permissions import (
     ROOT,
     Outcome,
     config,
@@ -26,7 +27,6 @@ from tests.permissions.common import (
     read_json_as,
     read_text_as,
 )
-from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.users import User, Users
 
 pytestmark = pytest.mark.needs_root

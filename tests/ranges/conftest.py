@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import release_loops
 from tests.support.daemon import ViewHandle, lazy_unmount
+from tests.support.mounts import release_loops
 
 FSTYPES = ("ext4", "tmpfs")
 FS_BYTES = 64 << 20

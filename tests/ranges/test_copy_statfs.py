@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.ranges.conftest import FS_BYTES, Pair, attach_pair
-from tests.ranges.support import KiB, Summary, describe, make_sparse
 from tests.support.daemon import ViewHandle
+from tests.support.ranges import KiB, Summary, describe, make_sparse
 from tests.support.users import Users, py_as
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]

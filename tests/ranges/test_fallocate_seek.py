@@ -19,8 +19,8 @@ import pytest
 
 from fusemount.host import syscalls
 from tests.ranges.conftest import Pair
-from tests.ranges.support import KiB, Summary, describe, make_sparse, past_end, seek_map
 from tests.support.daemon import ViewHandle
+from tests.support.ranges import KiB, Summary, describe, make_sparse, past_end, seek_map
 from tests.support.users import Users, py_as
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]

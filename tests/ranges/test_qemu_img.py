@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.ranges.conftest import Pair
-from tests.ranges.support import describe
+from tests.support.ranges import describe
 
 pytestmark = [
     pytest.mark.needs_root,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import Trees, build_decoy, build_original
+from tests.support.escape import Trees, build_decoy, build_original
 
 
 @pytest.fixture

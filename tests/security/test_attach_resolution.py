@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import Trees
 from tests.support.daemon import ViewHandle
+from tests.support.escape import Trees
 
 
 @pytest.fixture

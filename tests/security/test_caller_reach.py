@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.mounts.support import make_ext4_image, release_loops
-from tests.permissions.common import ADMINS_CONFIG, config, make_dir
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory
+from tests.support.mounts import make_ext4_image, release_loops
+from tests.support.permissions import ADMINS_CONFIG, config, make_dir
 from tests.support.users import Users
 
 pytestmark = pytest.mark.needs_root

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import Trees
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.escape import Trees
 from tests.support.users import User, Users
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import (
+from tests.support.daemon import ViewHandle
+from tests.support.escape import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     Trees,
@@ -24,7 +25,6 @@ from tests.security.escape import (
     rename_paths,
     snapshot,
 )
-from tests.support.daemon import ViewHandle
 from tests.support.users import Users, py_as
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import (
+from tests.support.daemon import ViewHandle
+from tests.support.escape import (
     Trees,
     assert_no_secret,
     build_original,
@@ -24,7 +25,6 @@ from tests.security.escape import (
     original,
     snapshot,
 )
-from tests.support.daemon import ViewHandle
 
 
 def _second_source(test_root: Path) -> Path:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import (
+from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.escape import (
     RENAME_WHITEOUT,
     Trees,
     errno_of,
@@ -26,7 +27,6 @@ from tests.security.escape import (
     rename_paths,
     snapshot,
 )
-from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.users import Users, py_as, run_as
 
 

@@ -16,8 +16,8 @@ from types import TracebackType
 
 import pytest
 
-from tests.security.escape import LAYOUT_DIRS, LAYOUT_FILES, Trees, snapshot
 from tests.support.daemon import ViewHandle
+from tests.support.escape import LAYOUT_DIRS, LAYOUT_FILES, Trees, snapshot
 from tests.support.users import PRELUDE, SYSTEM_PYTHON, User, Users, py_as
 
 DENIED = {"ENOENT", "EACCES"}

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import (
+from tests.support.daemon import ViewHandle, is_mounted
+from tests.support.escape import (
     SECRET,
     SECRET_NAME,
     Snapshot,
@@ -30,7 +31,6 @@ from tests.security.escape import (
     run,
     snapshot,
 )
-from tests.support.daemon import ViewHandle, is_mounted
 
 WRITTEN = b"written through the view\n"
 

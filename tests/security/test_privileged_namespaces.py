@@ -15,8 +15,8 @@ import subprocess
 
 import pytest
 
-from tests.security.escape import Trees
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.escape import Trees
 from tests.support.users import SYSTEM_PYTHON, Users, py_as
 
 # struct vfs_cap_data revision 2 granting CAP_SETUID (bit 7) permitted+effective: what

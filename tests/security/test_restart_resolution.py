@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.security.escape import SECRET_NAME, Trees, decoy_snapshot, mounted, snapshot
 from tests.support.daemon import ViewHandle
+from tests.support.escape import SECRET_NAME, Trees, decoy_snapshot, mounted, snapshot
 
 
 def _restart_after(view: ViewHandle, trees: Trees, attack: Callable[[], None]) -> None:

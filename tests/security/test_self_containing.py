@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import pytest
 
-from tests.security.escape import mounted
 from tests.support.ctl import ctl, mounts_json
 from tests.support.daemon import ViewHandle
+from tests.support.escape import mounted
 
 DEADLINE_S = 20.0
 T = TypeVar("T")

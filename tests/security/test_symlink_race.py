@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import (
+from tests.support.daemon import ViewFactory
+from tests.support.escape import (
     SECRET,
     SECRET_NAME,
     Trees,
@@ -27,7 +28,6 @@ from tests.security.escape import (
     original,
     snapshot,
 )
-from tests.support.daemon import ViewFactory
 
 RACE_S = 3.0
 # No kernel caching: every access in the race asks the daemon again.

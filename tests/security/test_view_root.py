@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.security.escape import Trees, errno_of, name_of, snapshot
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.escape import Trees, errno_of, name_of, snapshot
 from tests.support.users import Users, py_as
 
 

@@ -79,7 +79,7 @@ def test_unit_runs_one_view_per_instance_with_its_config_and_reloads_by_sighup()
     assert words[words.index("--config") + 1] == "/etc/fusemount/%i.toml"
     assert words[words.index("--state") + 1] == "/var/lib/fusemount/%i.json"
     assert _values("ExecReload") == ["/bin/kill -HUP $MAINPID"]
-    # Type=notify needs the daemon to send READY=1 (tests/host/test_host_integration.py)
+    # Type=notify needs the daemon to send READY=1 (tests/integration/test_host_integration.py)
     assert _values("Type") == ["notify"]
     assert "RestrictSUIDSGID" not in dict(parse_unit(UNIT.read_text())["Service"])
 
