@@ -92,7 +92,8 @@ class Ops(XattrOps):
         if ctlfiles.is_control(inode):
             return self.control.getattr(inode, ctx)
         node = self._node(inode)
-        self._enter(ctx, node)
+        if not self._is_gate(node):  # anyone may stat a gate (SPEC 5): the kernel asks for
+            self._enter(ctx, node)  # it to decide whether to let the caller through
         st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
 
@@ -103,8 +104,16 @@ class Ops(XattrOps):
         if ctlfiles.is_control(inode):
             return self.control.setattr(inode, fields, ctx)
         node = self._node(inode)
+        is_gate = self._is_gate(node)
+        if is_gate and (fields.update_mode or fields.update_uid or fields.update_gid):
+            raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
         caller = self._enter(ctx, node, write=True, groups=True)
         subtree = node.subtree
+        if is_gate:
+            # The kernel judged the times against the gate: let the source root judge them.
+            time_caller = caller
+        else:
+            time_caller = caller if caller.uid == NOBODY else Caller(0, 0, caller.pid)
         # The kernel has already applied setattr_prepare() for the caller (default_permissions:
         # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
         # is done as the caller only where the backing filesystem must judge it too.
@@ -129,7 +138,7 @@ class Ops(XattrOps):
                 subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
-                caller if caller.uid == NOBODY else Caller(0, 0, caller.pid),
+                time_caller,
             )
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
@@ -161,7 +170,7 @@ class Ops(XattrOps):
     @fuse_handler
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
                               mode, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -170,7 +179,7 @@ class Ops(XattrOps):
     @fuse_handler
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
                               mode, rdev, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -179,7 +188,7 @@ class Ops(XattrOps):
     @fuse_handler
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
                               target, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -188,7 +197,7 @@ class Ops(XattrOps):
     @fuse_handler
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
-        parent, _ = self._parent_for_change(new_parent_inode, new_name, ctx)
+        parent, _ = await self._parent_for_change(new_parent_inode, new_name, ctx)
         if ctlfiles.is_control(inode):
             raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
@@ -201,7 +210,7 @@ class Ops(XattrOps):
     @override
     @fuse_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
                             caller)
         if st.st_nlink <= 1:
@@ -214,7 +223,7 @@ class Ops(XattrOps):
     @override
     @fuse_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
 
     @override
@@ -222,8 +231,8 @@ class Ops(XattrOps):
     async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
                      parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
                      ctx: RequestContext) -> None:
-        old_parent, caller = self._parent_for_change(parent_inode_old, name_old, ctx)
-        new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
+        old_parent, caller = await self._parent_for_change(parent_inode_old, name_old, ctx)
+        new_parent, _ = await self._parent_for_change(parent_inode_new, name_new, ctx)
         if old_parent.subtree is not new_parent.subtree:
             raise OSError(errno.EXDEV, "rename between subtrees")
         fds = (self.inodes.fd(old_parent), self.inodes.fd(new_parent))
@@ -253,7 +262,7 @@ class Ops(XattrOps):
     @fuse_handler
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         self.handles.check_room()
         fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
                                          name, flags, mode, caller, new_fds=two_fds)

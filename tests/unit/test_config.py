@@ -35,6 +35,7 @@ source_roots = ["/srv", "/data/"]
 fstypes = ["ext4", "xfs", "fuse.sshfs"]
 require_mountpoint = true
 mount_fstypes = ["tmpfs"]
+hide_names = true
 
 [limits]
 max_subtrees = 200
@@ -50,7 +51,7 @@ entry_timeout = 0
 attr_timeout = 0.25
 
 [performance]
-busy_poll = false
+busy_poll = true
 
 [log]
 audit = "/var/log/fusemount/audit.jsonl"
@@ -67,6 +68,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             fstypes=("ext4", "xfs", "fuse.sshfs"),
             require_mountpoint=True,
             mount_fstypes=("tmpfs",),
+            hide_names=True,
         ),
         limits=Limits(
             max_subtrees=200,
@@ -78,7 +80,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             request_timeout_s=5.0,
         ),
         cache=CacheConfig(entry_timeout=0.0, attr_timeout=0.25),
-        performance=PerformanceConfig(busy_poll=False),
+        performance=PerformanceConfig(busy_poll=True),
         log=LogConfig(audit="/var/log/fusemount/audit.jsonl"),
     )
 
