@@ -159,13 +159,15 @@ def test_gate_chmod_chown_and_acl_changes_on_the_gate_are_eperm(
     for user in (users.alice, users.bob):
         got = probe(user, tries)
         assert got == dict.fromkeys(tries, "EPERM"), f"{user.name}: {got}"
-    for what, call in ((["chmod"], lambda: os.chmod(box, 0o777)),
-                       (["chown"], lambda: os.chown(box, 0, 0)),
-                       (["setacl"], lambda: os.setxattr(box, ACL, acl)),
-                       (["removeacl"], lambda: os.removexattr(box, ACL))):
-        with pytest.raises(PermissionError):
-            call()
-        del what
+    # root too: the gate changes only with `set`.
+    with pytest.raises(PermissionError):
+        os.chmod(box, 0o777)
+    with pytest.raises(PermissionError):
+        os.chown(box, 0, 0)
+    with pytest.raises(PermissionError):
+        os.setxattr(box, ACL, acl)
+    with pytest.raises(PermissionError):
+        os.removexattr(box, ACL)
     src = os.stat(source / "box")
     assert (src.st_uid, src.st_gid, stat.S_IMODE(src.st_mode)) == (0, SRC_GID, 0o755)
     assert ACL not in os.listxattr(source / "box")
