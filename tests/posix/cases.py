@@ -1684,7 +1684,7 @@ def setid_bits_never_set_on_regular_files(d: Path) -> JSON:
     "mkdir": "EACCES", "create": "EACCES", "symlink": "EACCES", "mkfifo": "EACCES",
     "link": "EACCES", "rename_subtree": "EACCES", "rename_into_root": "EACCES",
     "rename_out_of_root": "EACCES", "rmdir_subtree": "EACCES", "rmdir_control": "EACCES",
-    "exchange": "EACCES", "root": {"kind": "dir", "perm": "0o755", "uid": 0, "gid": 0},
+    "exchange": "EACCES", "root": {"kind": "dir", "perm": "0o705", "uid": 0, "gid": 0},
     "unchanged": True,
 })
 def view_root_is_immutable(d: Path) -> JSON:
