@@ -4,11 +4,13 @@ Each handler reads: who asks, which node, may they, do it, record it. Control in
 (the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
 inode is a Node of a live subtree, reached only through its held descriptor.
 
-Caching (SPEC 5): subtree entries in the root are returned with entry_timeout 0, so every
-path walk into a subtree asks the daemon, as that caller, whether the subtree exists for
-them; an outsider never passes the subtree root whatever the kernel has cached for others.
-Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the kernel's
-attributes of every inode of the subtree, so the next permission check comes back here.
+Caching (SPEC 5): in gate mode (the default) VIEW/NAME presents its gate's owner, bits and
+ACL, so the kernel itself refuses outsiders from its caches and subtree entries in the root
+are cached like any other. With `access.hide_names` they are returned with entry_timeout 0,
+so every path walk into a subtree asks the daemon, as that caller, whether the subtree exists
+for them. Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the
+kernel's attributes (and the gate's ACL) of every inode of the subtree, so the next permission
+check comes back here.
 """
 
 from __future__ import annotations
