@@ -9,6 +9,11 @@ It must never be part of the test suite (timings depend on the machine), and it 
 leave a mount, a daemon or a scratch directory behind: every target is stopped in `finally`,
 and the scratch directory is removed only once nothing is mounted under it.
 
+Two fusemount columns: `fusemount` in the default gate mode and `fusemount_hidden` with
+`access.hide_names = true` (one request per walk through the view root, SPEC 5). Both run with
+`[performance] busy_poll` off, as shipped, unless `--busy-poll`; a held CPU latency request
+would speed up every target, so the peers are measured under the same setting.
+
 It measures the price of SPEC 1 (every operation proxied through descriptors the daemon holds)
 and checks no behaviour beyond "the bytes and entries came back".
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import importlib
@@ -49,6 +55,7 @@ from pathlib import Path
 import viewdaemon
 
 from fusemount.client import Client
+from fusemount.core.config import dump_config, load_config
 
 REPO_ROOT = viewdaemon.REPO_ROOT
 RESULTS_DIR = REPO_ROOT / "bench-results"
@@ -643,19 +650,34 @@ def native_target(base: Path) -> Iterator[Target]:
     yield Target("native", root, root, lambda: True)
 
 
+def fusemount_config(base: Path, name: str, user_config: Path | None, busy_poll: bool) -> Path:
+    """The config a fusemount target runs on: the user's (or the defaults) with busy_poll as
+    asked, the same for every target, and hide_names for the `fusemount_hidden` column."""
+    text = user_config.read_text() if user_config is not None else None
+    config = load_config(text)
+    config = dataclasses.replace(
+        config,
+        access=dataclasses.replace(config.access, hide_names=name == "fusemount_hidden"),
+        performance=dataclasses.replace(config.performance, busy_poll=busy_poll),
+    )
+    path = base / f"{name}.toml"
+    path.write_text(dump_config(config))
+    return path
+
+
 @contextlib.contextmanager
 def fusemount_target(
-    base: Path, config: Path | None, python: str, timeout_s: float
+    base: Path, name: str, config: Path, python: str, timeout_s: float
 ) -> Iterator[Target]:
-    view, src, log_path = base / "view", base / "src", base / "fusemount.log"
+    view, src, log_path = base / f"view-{name}", base / "src", base / f"{name}.log"
     view.mkdir()
     src.mkdir(exist_ok=True)
     try:
-        with viewdaemon.running_view(view, base / "state.json", log_path, config=config,
+        with viewdaemon.running_view(view, base / f"state-{name}.json", log_path, config=config,
                                      python=python, timeout_s=timeout_s) as process:
             Client(view).command(shlex.join(["attach", SUBTREE, str(src)]))
             _check_same_backing(view / SUBTREE, src)
-            yield Target("fusemount", view / SUBTREE, src, lambda: process.poll() is None,
+            yield Target(name, view / SUBTREE, src, lambda: process.poll() is None,
                          lambda: _wait_busy_poll_released(view))
     finally:
         log_text = log_path.read_text(errors="replace") if log_path.exists() else ""
@@ -899,8 +921,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        help="comma list of native,fusemount,bindfs "
-        "(default: native,fusemount, plus bindfs if installed)",
+        help="comma list of native,fusemount,fusemount_hidden,bindfs (default: all but "
+        "bindfs, plus bindfs if installed); fusemount_hidden runs with access.hide_names",
     )
     parser.add_argument(
         "--with-bindfs",
@@ -922,7 +944,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="parent of the scratch directory (default /var/tmp)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--config", type=Path, help="fusemount config file for the daemon")
+    parser.add_argument("--config", type=Path, help="fusemount config file for the daemons")
+    parser.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="run fusemount with [performance] busy_poll = true (default: off, as shipped)",
+    )
     parser.add_argument("--start-timeout-s", type=float, default=20.0)
     parser.add_argument("--chart", action="store_true", help="also write a PNG (matplotlib)")
     args = parser.parse_args(argv)
@@ -943,9 +970,9 @@ def select_workloads(only: str | None) -> list[Workload]:
 
 
 def select_targets(spec: str | None, with_bindfs: bool) -> list[str]:
-    known = ("native", "fusemount", "bindfs")
+    known = ("native", "fusemount", "fusemount_hidden", "bindfs")
     if spec is None:
-        names = ["native", "fusemount"]
+        names = ["native", "fusemount", "fusemount_hidden"]
         if with_bindfs or shutil.which("bindfs"):
             names.append("bindfs")
     else:
@@ -991,9 +1018,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name in target_names:
                 if name == "native":
                     factory = native_target(base)
-                elif name == "fusemount":
+                elif name.startswith("fusemount"):
+                    config = fusemount_config(base, name, args.config, args.busy_poll)
                     factory = fusemount_target(
-                        base, args.config, sys.executable, args.start_timeout_s
+                        base, name, config, sys.executable, args.start_timeout_s
                     )
                 else:
                     factory = bindfs_target(base, args.start_timeout_s)
