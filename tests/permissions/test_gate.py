@@ -212,7 +212,7 @@ def test_gate_entries_directly_in_the_gate_are_judged_by_the_source_root(
 class _Shell:
     """A process of one user with its cwd inside the view, answering steps on request."""
 
-    def __init__(self, user: User, cwd: Path) -> None:
+    def __init__(self, user: User, cwd: Path, file: str) -> None:
         code = PRELUDE + f"""
 os.chdir({str(cwd)!r})
 for line in sys.stdin:
@@ -220,7 +220,7 @@ for line in sys.stdin:
         "getcwd": errno_of(os.getcwd),
         "cwd": os.getcwd() if errno_of(os.getcwd) == 0 else None,
         "list .": errno_of(lambda: os.listdir(".")),
-        "read file": errno_of(lambda: open("file", "rb").read()),
+        "read file": errno_of(lambda: open({file!r}, "rb").read()),
         "stat ..": errno_of(lambda: os.stat("..")),
     }}), flush=True)
 """
@@ -254,18 +254,23 @@ for line in sys.stdin:
 def test_gate_allowed_users_cwd_stays_valid_after_outsider_lookups(
     gated: ViewHandle, users: Users
 ) -> None:
+    """With hidden names, an outsider's failed lookup of VIEW/NAME drops the shared dentry and
+    a shell whose cwd is VIEW/NAME then fails getcwd(); the gate never refuses a lookup."""
     box = gated.path / "box"
-    with _Shell(users.bob, box / "sub") as bob:
-        before = bob.step()
-        assert before["getcwd"] == 0 and before["cwd"] == str(box / "sub"), before
-        assert set(before.values()) - {str(box / "sub")} == {0}, before
+    with _Shell(users.bob, box, "sub/file") as bob, \
+            _Shell(users.alice, box / "sub", "file") as alice:
+        shells = {bob: str(box), alice: str(box / "sub")}
+        before = {shell: shell.step() for shell in shells}
+        for shell, cwd in shells.items():
+            got = before[shell]
+            assert got["cwd"] == cwd and set(got.values()) - {cwd} == {0}, got
         ops = _walk_ops(box) | {"stat nosuch": f"os.stat({str(gated.path / 'nosuch')!r})"}
         for _ in range(3):
             assert probe(users.carol, ops) == _outsider_expected(ops) | {"stat nosuch": "ENOENT"}
-        assert bob.step() == before
-        # A `set` that keeps bob's grant keeps his working directory valid too.
+        assert {shell: shell.step() for shell in shells} == before
+        # A `set` that keeps their grants keeps their working directories valid too.
         gated.ok(f"set box allow={users.bob.name}:rw,{users.dave.name}:ro")
-        assert bob.step() == before
+        assert {shell: shell.step() for shell in shells} == before
 
 
 @pytest.mark.timeout(60)
@@ -285,3 +290,4 @@ def test_gate_hide_names_true_keeps_enoent_and_source_attributes(
     st = os.stat(view.path / "box")
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, SRC_GID, 0o755)
     assert ACL not in os.listxattr(view.path / "box")
+
