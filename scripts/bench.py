@@ -170,8 +170,13 @@ def _read_file(path: str, block: int) -> int:
 
 def _timed_command(argv: Sequence[str]) -> float:
     start = time.perf_counter()
-    subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    done = subprocess.run(argv, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:  # say why: tar's own complaint is the useful part
+        complaint = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"{argv[0]} exited {done.returncode}: {' / '.join(complaint)}")
+    return elapsed
 
 
 def drop_caches() -> None:
