@@ -112,28 +112,31 @@ class Gate:
     other: int = 0
 
 
-def gate_of(policy: Policy, admins: Admins, group: int) -> Gate:
+def gate_of(policy: Policy, admins: Admins) -> Gate:
     """The gate letting in exactly root (by capability), the admins, the owner and the
-    allowed principals of policy, for a gate whose owning group is `group` (the source
-    root's group, which must not get in by that alone)."""
+    allowed principals of policy.
+
+    The owning group's entry (group_obj, which follows whatever group the source root has
+    now, while the kernel keeps the ACL until it is invalidated) is always `---` unless
+    everyone is let in: an allowed group gets its own named entry, which the kernel honours
+    for members of the owning group too, so a chgrp of the source root never lets anyone in.
+    """
     if any(g.kind is GrantKind.EVERYONE for g in policy.grants):
-        # Everyone is let in, so the source root's group may be too: the kernel stops at
-        # the first matching group entry, and a `---` group_obj would shut its members out.
+        # Everyone is let in, the owning group included: a `---` group_obj would shut its
+        # members out (the kernel stops at a matching group entry without the permission).
         return Gate(0o777, None, group_obj=_RWX, other=_RWX)
     users = set(admins.uids)
     groups = set(admins.gids)
     for grant in policy.grants:
         (users if grant.kind is GrantKind.USER else groups).add(grant.id)
     users -= {0, policy.owner}  # root passes by capability, the owner through user_obj
-    group_obj = _RWX if group in groups else 0
-    groups.discard(group)
     named_users, named_groups = tuple(sorted(users)), tuple(sorted(groups))
     if not named_users and not named_groups:
         # A minimal ACL: the mode says it all, so the kernel never needs the xattr.
-        return Gate(0o700 | group_obj << 3, None, group_obj=group_obj)
+        return Gate(0o700, None)
     entries = [(ACL_USER_OBJ, _RWX, ACL_UNDEFINED_ID)]
     entries += [(ACL_USER, _RWX, uid) for uid in named_users]
-    entries.append((ACL_GROUP_OBJ, group_obj, ACL_UNDEFINED_ID))
+    entries.append((ACL_GROUP_OBJ, 0, ACL_UNDEFINED_ID))
     entries += [(ACL_GROUP, _RWX, gid) for gid in named_groups]
     entries += [(ACL_MASK, _RWX, ACL_UNDEFINED_ID), (ACL_OTHER, 0, ACL_UNDEFINED_ID)]
     blob = ACL_XATTR_VERSION.to_bytes(4, "little") + b"".join(
@@ -141,4 +144,4 @@ def gate_of(policy: Policy, admins: Admins, group: int) -> Gate:
         for tag, perm, ident in entries
     )
     # With an ACL the group bits are the mask: rwx, so the kernel consults the ACL.
-    return Gate(0o770, blob, named_users, named_groups, group_obj)
+    return Gate(0o770, blob, named_users, named_groups)

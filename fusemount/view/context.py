@@ -54,8 +54,8 @@ class ViewContext:
         """Gate mode (SPEC 5): VIEW/NAME presents the gate and the kernel keeps outsiders out."""
         return not self.config.access.hide_names
 
-    def gate(self, subtree: LiveSubtree, root_st: os.stat_result) -> Gate:
-        return gate_of(subtree.spec.policy, self.rules.admins, root_st.st_gid)
+    def gate(self, subtree: LiveSubtree) -> Gate:
+        return gate_of(subtree.spec.policy, self.rules.admins)
 
     def root_attrs(self, subtree: LiveSubtree, ino: int,
                    root_st: os.stat_result) -> pyfuse3.EntryAttributes:
@@ -65,7 +65,7 @@ class ViewContext:
         cache = self.config.cache
         if not self.gated:
             return fill(pyfuse3.EntryAttributes(), ino, root_st, 0.0, cache.attr_timeout)
-        return gated(ino, root_st, self.gate(subtree, root_st).mode, subtree.spec.policy.owner,
+        return gated(ino, root_st, self.gate(subtree).mode, subtree.spec.policy.owner,
                      cache.entry_timeout, cache.attr_timeout)
 
     def is_admin(self, caller: Caller) -> bool:

@@ -44,9 +44,8 @@ class XattrOps(OpsBase):
                 self._node(inode)):
             raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
 
-    async def _gate_acl(self, node: Node) -> bytes | None:
-        st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
-        return self.ctx.gate(node.subtree, st).acl
+    def _gate_acl(self, node: Node) -> bytes | None:
+        return self.ctx.gate(node.subtree).acl
 
     @override
     @fuse_handler
@@ -56,7 +55,7 @@ class XattrOps(OpsBase):
             if self._is_gate(node):
                 # Asked by the kernel to decide whether *this* caller may pass, outsiders
                 # included: the gate is not secret, and answering lets the kernel cache it.
-                acl = await self._gate_acl(node)
+                acl = self._gate_acl(node)
                 if acl is None:
                     raise OSError(pyfuse3.ENOATTR, "the gate's mode says it all")
                 return acl
@@ -78,7 +77,7 @@ class XattrOps(OpsBase):
             names = [n for n in names if not n.startswith(b"trusted.")]
         if self._is_gate(node):
             names = [n for n in names if n != ACL_ACCESS]
-            if await self._gate_acl(node) is not None:
+            if self._gate_acl(node) is not None:
                 names.append(ACL_ACCESS)
         return [XAttrNameT(n) for n in names]
 
