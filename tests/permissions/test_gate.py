@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import struct
 import subprocess
@@ -106,6 +107,10 @@ def test_gate_attributes_and_acl_let_in_exactly_the_policy(
     raw = py_as(users.carol, f"print(json.dumps(list(os.getxattr({str(box)!r}, {ACL!r}))))")
     assert isinstance(raw, list)
     assert _acl_text(bytes(raw)) == expected
+    if shutil.which("getfacl") is not None:  # the `acl` package, when installed
+        shown = subprocess.run(["getfacl", "-n", "-c", str(box)], capture_output=True,
+                               text=True, check=True, timeout=30).stdout.split()
+        assert shown == expected
     # The source root itself is untouched.
     assert ACL not in os.listxattr(source / "box")
     assert (src.st_uid, src.st_gid, stat.S_IMODE(src.st_mode)) == (0, SRC_GID, 0o755)
