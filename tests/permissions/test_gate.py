@@ -296,3 +296,33 @@ def test_gate_hide_names_true_keeps_enoent_and_source_attributes(
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, SRC_GID, 0o755)
     assert ACL not in os.listxattr(view.path / "box")
 
+
+
+def _requests(view: ViewHandle) -> int:
+    total = 0
+    for line in (view.path / ".fusemount" / "metrics").read_text().splitlines():
+        if line.startswith("fusemount_requests_total{"):
+            total += int(float(line.split()[-1]))
+    return total
+
+
+@pytest.mark.timeout(60)
+def test_gate_warm_walks_by_allowed_users_need_no_request(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    """The point of the gate (issue 13): the kernel answers a warm walk through the view root
+    and VIEW/NAME from its caches, for non-root users too (the root's mode has no group bits,
+    so its never-cached ACL is never asked for)."""
+    src = make_dir(source / "box", 0o755)
+    make_dir(src / "sub", 0o755)
+    make_file(src / "sub" / "file", 0o644)
+    view = view_factory(config_text=config() + "[cache]\nentry_timeout = 60\nattr_timeout = 60\n")
+    view.ok(f"attach box {src} owner={users.alice.name} allow=@{users.team.name}:ro")
+    path = str(view.path / "box" / "sub" / "file")
+    loop = f"for _ in range(500): os.stat({path!r})\nprint(0)"
+    for user in (users.alice, users.bob, users.dave):
+        py_as(user, loop)  # warm-up: lookups, attributes, the gate's ACL
+        before = _requests(view)
+        py_as(user, loop)
+        # reading metrics itself is 3 requests (open, read, release); allow a little slack
+        assert _requests(view) - before <= 8, f"{user.name}: warm walks reached the daemon"
