@@ -96,6 +96,7 @@ def parse_config(text: str) -> Config:
                 "mount_fstypes", a.mount_fstypes, _is_fstype, "a filesystem type"
             ),
             deny_special_files=access.boolean("deny_special_files", a.deny_special_files),
+            hide_names=access.boolean("hide_names", a.hide_names),
         ),
         limits=Limits(
             max_subtrees=limits.integer("max_subtrees", lim.max_subtrees),
@@ -314,7 +315,8 @@ _COMMENTS: dict[str, str] = {
     "access.fstypes": "empty: any type",
     "limits.max_cached_fds": "descriptors kept for inodes the kernel knows",
     "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
-    "performance.busy_poll": "idle CPUs poll, not halt, while requests flow (lower latency)",
+    "access.hide_names": "true: outsiders get ENOENT, one request per walk (SPEC 5)",
+    "performance.busy_poll": "opt-in, host-wide: idle CPUs poll while requests flow",
     "log.audit": 'JSON-lines audit log; "" = in the daemon log (foreground) or '
                  "/var/log/fusemount/VIEW.audit.jsonl (detached)",
     "log.level": "debug, info, warning or error",

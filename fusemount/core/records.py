@@ -147,6 +147,7 @@ class AccessConfig:
     require_mountpoint: bool = False
     mount_fstypes: tuple[str, ...] = ("tmpfs", "ext4", "xfs", "btrfs", "squashfs", "erofs")
     deny_special_files: bool = False  # SPEC 3: no device nodes, no set-ID bits on files
+    hide_names: bool = False  # True: outsiders get ENOENT for VIEW/NAME, not the gate (SPEC 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +158,7 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True)
 class PerformanceConfig:
-    busy_poll: bool = True  # idle CPUs poll while the view is busy (view/busypoll.py)
+    busy_poll: bool = False  # opt-in: idle CPUs poll while the view is busy (view/busypoll.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from pyfuse3 import (
 )
 
 from fusemount.core.records import Access, Caller
+from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
@@ -128,7 +129,9 @@ class OpsBase(pyfuse3.Operations):
         return caller
 
     def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
-        if node.subtree.spec.policy.squash_root:
+        if node.is_root:
+            attrs = self.ctx.root_attrs(node.subtree, node.ino, st)
+        elif node.subtree.spec.policy.squash_root:
             # The kernel lets root through cached entries by capability: on a squashed
             # subtree nothing is cached, so every walk step comes back as a lookup that
             # runs as nobody (ops.lookup), as a native walk by nobody would be checked.
@@ -138,6 +141,11 @@ class OpsBase(pyfuse3.Operations):
                          self.attr_timeout)
         attrs.generation = node.generation  # a recycled st_ino's new object (inodes.py)
         return attrs
+
+    def _is_gate(self, node: Node) -> bool:
+        """Whether node is VIEW/NAME presented as a gate, whose attributes are not the
+        source root's: the kernel judged the request against the gate, not the source."""
+        return node.is_root and self.ctx.gated
 
     def _node(self, ino: int) -> Node:
         return self.inodes.node(ino)
@@ -158,13 +166,21 @@ class OpsBase(pyfuse3.Operations):
         """Once a second: keep the inode table within its cap even when no lookup comes."""
         self._trim()
 
-    def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
-                           ) -> tuple[Node, Caller]:
+    async def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
+                                 ) -> tuple[Node, Caller]:
         if ctlfiles.is_control(parent_inode):
             raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
         check_name(name)
         parent = self._node(parent_inode)
-        return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
+        caller = self._enter(ctx, parent, write=True, groups=True, new_names=True)
+        if self._is_gate(parent):
+            # The kernel checked write and search against the gate; entries directly in
+            # VIEW/NAME are still the source root's to allow (SPEC 5), as the caller.
+            allowed = await self._io(parent.subtree, backing.access, (self.inodes.fd(parent),),
+                                     os.W_OK | os.X_OK, caller)
+            if not allowed:
+                raise OSError(errno.EACCES, "the source root does not let the caller change it")
+        return parent, caller
 
     def _adopt(self, parent: Node, name: bytes,
                made: tuple[int, os.stat_result]) -> EntryAttributes:

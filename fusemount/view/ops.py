@@ -4,11 +4,13 @@ Each handler reads: who asks, which node, may they, do it, record it. Control in
 (the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
 inode is a Node of a live subtree, reached only through its held descriptor.
 
-Caching (SPEC 5): subtree entries in the root are returned with entry_timeout 0, so every
-path walk into a subtree asks the daemon, as that caller, whether the subtree exists for
-them; an outsider never passes the subtree root whatever the kernel has cached for others.
-Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the kernel's
-attributes of every inode of the subtree, so the next permission check comes back here.
+Caching (SPEC 5): in gate mode (the default) VIEW/NAME presents its gate's owner, bits and
+ACL, so the kernel itself refuses outsiders from its caches and subtree entries in the root
+are cached like any other. With `access.hide_names` they are returned with entry_timeout 0,
+so every path walk into a subtree asks the daemon, as that caller, whether the subtree exists
+for them. Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the
+kernel's attributes (and the gate's ACL) of every inode of the subtree, so the next permission
+check comes back here.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control(inode):
             return self.control.getattr(inode, ctx)
         node = self._node(inode)
-        self._enter(ctx, node)
+        if not self._is_gate(node):  # anyone may stat a gate (SPEC 5): the kernel asks for
+            self._enter(ctx, node)  # it to decide whether to let the caller through
         st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
 
@@ -116,8 +119,17 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control(inode):
             return self.control.setattr(inode, fields, ctx)
         node = self._node(inode)
+        is_gate = self._is_gate(node)
+        if is_gate and (fields.update_mode or fields.update_uid or fields.update_gid):
+            raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
         caller = self._enter(ctx, node, write=True, groups=True)
         subtree = node.subtree
+        if is_gate or isinstance(caller, SquashedRoot):
+            # The kernel judged the times against the gate (let the source root judge them),
+            # or let a squashed root through by capability (nobody must be judged).
+            time_caller = caller
+        else:
+            time_caller = Caller(0, 0, caller.pid)
         # The kernel has already applied setattr_prepare() for the caller (default_permissions:
         # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
         # is done as the caller only where the backing filesystem must judge it too.
@@ -149,7 +161,7 @@ class Ops(XattrOps, RangeOps):
                 subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
-                caller if isinstance(caller, SquashedRoot) else Caller(0, 0, caller.pid),
+                time_caller,
             )
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
@@ -182,7 +194,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
                               mode, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -191,7 +203,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         if self.ctx.config.access.deny_special_files:
             backing.refuse_special(mode)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
@@ -202,7 +214,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
                               target, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -211,7 +223,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(new_parent_inode, new_name, ctx)
+        parent, caller = await self._parent_for_change(new_parent_inode, new_name, ctx)
         if ctlfiles.is_control(inode):
             raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
@@ -225,7 +237,7 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
                             caller)
         if st.st_nlink <= 1:
@@ -238,7 +250,7 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
 
     @override
@@ -246,8 +258,8 @@ class Ops(XattrOps, RangeOps):
     async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
                      parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
                      ctx: RequestContext) -> None:
-        old_parent, caller = self._parent_for_change(parent_inode_old, name_old, ctx)
-        new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
+        old_parent, caller = await self._parent_for_change(parent_inode_old, name_old, ctx)
+        new_parent, _ = await self._parent_for_change(parent_inode_new, name_new, ctx)
         if old_parent.subtree is not new_parent.subtree:
             raise OSError(errno.EXDEV, "rename between subtrees")
         if flags & syscalls.RENAME_WHITEOUT and (
@@ -280,7 +292,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         if self.ctx.config.access.deny_special_files:
             backing.refuse_setid_on_file(mode, stat.S_IFREG)
         self.handles.check_room()

@@ -39,6 +39,7 @@ fstypes = ["ext4", "xfs", "fuse.sshfs"]
 require_mountpoint = true
 mount_fstypes = ["tmpfs"]
 deny_special_files = true
+hide_names = true
 
 [limits]
 max_subtrees = 200
@@ -54,7 +55,7 @@ entry_timeout = 0
 attr_timeout = 0.25
 
 [performance]
-busy_poll = false
+busy_poll = true
 
 [log]
 audit = "/var/log/fusemount/audit.jsonl"
@@ -72,6 +73,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             require_mountpoint=True,
             mount_fstypes=("tmpfs",),
             deny_special_files=True,
+            hide_names=True,
         ),
         limits=Limits(
             max_subtrees=200,
@@ -83,7 +85,7 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             request_timeout_s=5.0,
         ),
         cache=CacheConfig(entry_timeout=0.0, attr_timeout=0.25),
-        performance=PerformanceConfig(busy_poll=False),
+        performance=PerformanceConfig(busy_poll=True),
         log=LogConfig(audit="/var/log/fusemount/audit.jsonl"),
     )
 
