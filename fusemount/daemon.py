@@ -259,7 +259,8 @@ def _serve(opts: ServeOptions) -> int:
     rules = Rules(principals.resolve_admins(config.access.admins), config.access)
     inodes = InodeTable(config.limits.max_cached_fds, config.limits.max_inodes)
     ctx = ViewContext(config=config, rules=rules, table=SubtreeTable(config.limits),
-                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files))
+                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files,
+                                                             config.limits.max_open_files_per_user))
     metrics = Metrics()
     view_errors.sink.observer = metrics
     view_errors.sink.debug = opts.debug

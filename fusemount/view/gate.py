@@ -76,12 +76,18 @@ class OpsBase(pyfuse3.Operations):
         self.control.io = self._io
 
     async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
-                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
-        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
-        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
-        if not subtree.offload:
-            return fn(*fds, *args)
-        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False) -> R:
+        """fn(*fds, *args), inline or in a bounded worker thread (offload.py says which).
+
+        blocking=True for a call that may sleep in the kernel whatever the source (fsync,
+        fallocate, truncate): always a worker. new_fds names the descriptors fn creates,
+        so a call abandoned at its deadline leaks none. Backing functions that act as the
+        caller switch credentials themselves, in whichever thread runs them.
+        """
+        if blocking or self.offloader.offloaded(subtree):
+            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+        return self.offloader.inline(subtree, fn, fds, *args)
 
     # --- who may do what ---------------------------------------------------------------
 

@@ -45,6 +45,17 @@ from fusemount.view.xattrs import XattrOps
 log = logging.getLogger(__name__)
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
+_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC  # every write is an fsync: offload.py runs it in a worker
+
+
+def _create(parent_fd: int, flags: int, name: bytes, mode: int,
+            caller: Caller) -> tuple[int, int, os.stat_result]:
+    """backing.create with flags first, as Offloader.open passes them."""
+    return backing.create(parent_fd, name, flags, mode, caller)
+
+
+def _opened_by_create(made: tuple[int, int, os.stat_result]) -> int:
+    return made[0]
 
 
 class Ops(XattrOps):
@@ -120,10 +131,10 @@ class Ops(XattrOps):
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller)
+                               caller, blocking=True)
             else:
                 await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
-                               attr.st_size, caller)
+                               attr.st_size, caller, blocking=True)
         if fields.update_atime or fields.update_mtime:
             await self._io(
                 subtree, backing.utimens, (self.inodes.fd(node),),
@@ -232,6 +243,11 @@ class Ops(XattrOps):
 
     # --- files ------------------------------------------------------------------------------
 
+    def _charged(self, ctx: RequestContext) -> int | None:
+        """The uid whose max_open_files_per_user a new handle counts against; None for an
+        admin, who is not capped per user and may use the slots kept for admins (SPEC 6)."""
+        return None if self.ctx.is_admin(self.callers.from_ctx(ctx)) else ctx.uid
+
     @override
     @fuse_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
@@ -240,10 +256,12 @@ class Ops(XattrOps):
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
                              new_names=True)
-        self.handles.check_room()
-        fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
-                            new_fds=the_fd)
-        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS))
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        fd = await self.offloader.open(node.subtree, backing.reopen, (self.inodes.fd(node),),
+                                       flags, caller, new_fds=the_fd, opened=int)
+        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), user,
+                                       sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
         # go through the same page cache.
@@ -254,17 +272,19 @@ class Ops(XattrOps):
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         parent, caller = self._parent_for_change(parent_inode, name, ctx)
-        self.handles.check_room()
-        fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
-                                         name, flags, mode, caller, new_fds=two_fds)
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        fd, path_fd, st = await self.offloader.open(
+            parent.subtree, _create, (self.inodes.fd(parent),), flags, name, mode, caller,
+            new_fds=two_fds, opened=_opened_by_create)
         try:
-            self.handles.check_room()  # an offloaded call awaits: other opens may have come
+            self.handles.check_room(user)  # a call that awaited: other opens may have come
         except OSError:
             os.close(fd)
             os.close(path_fd)
             raise
         node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
-        handle = self.handles.add_file(node, fd, True)
+        handle = self.handles.add_file(node, fd, True, user, sync=bool(flags & _SYNC_FLAGS))
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
     @override
@@ -273,7 +293,7 @@ class Ops(XattrOps):
         if ctlfiles.is_control_fh(self.handles.get(fh)):
             return self.control.read(fh, off, size)
         handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, os.pread, (handle.fd,), size, off)
+        return await self.offloader.read(handle.node.subtree, handle.fd, size, off)
 
     @override
     @fuse_handler
@@ -282,7 +302,8 @@ class Ops(XattrOps):
         if isinstance(handle, ControlHandle):
             return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, os.pwrite, (handle.fd,), buf, off)
+        return await self._io(handle.node.subtree, os.pwrite, (handle.fd,), buf, off,
+                              blocking=handle.sync)
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -304,7 +325,7 @@ class Ops(XattrOps):
             return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         sync = os.fdatasync if datasync else os.fsync
-        await self._io(handle.node.subtree, sync, (handle.fd,))
+        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True)
 
     # --- directories ------------------------------------------------------------------------
 
@@ -315,10 +336,11 @@ class Ops(XattrOps):
             return self.control.opendir(inode, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, groups=True, new_names=True)
-        self.handles.check_room()
+        user = self._charged(ctx)
+        self.handles.check_room(user)
         fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
                             new_fds=the_fd)
-        return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
+        return FileHandleT(self.handles.add_dir(node, fd, caller, user).fh)
 
     @override
     @fuse_handler
@@ -375,5 +397,5 @@ class Ops(XattrOps):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
-            await self._io(handle.node.subtree, os.fsync, (handle.fd,))
+            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True)
 
