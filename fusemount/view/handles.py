@@ -56,9 +56,13 @@ class ControlHandle:
 
 
 Handle = FileHandle | DirHandle | ControlHandle
+LaterClose = tuple[LiveSubtree, tuple[int, ...]]  # descriptors to close in a worker thread
 
 MAX_CONTROL_HANDLES_PER_UID = 256
 ADMIN_RESERVE_DIVISOR = 8  # max_open_files // 8 slots only admins may take
+# Unlinked files above this many 512-byte blocks (1 MiB) are closed in a worker thread:
+# freeing a small file's few extents takes microseconds, a large fragmented one's seconds.
+LARGE_BLOCKS = 2048
 
 
 class HandleTable:
@@ -181,10 +185,13 @@ class HandleTable:
             raise OSError(errno.EBADF, "not a control file")
         return found
 
-    def release(self, fh: int) -> None:
+    def release(self, fh: int) -> LaterClose | None:
+        """Forget fh and close its descriptor, or return it for the caller to close in a
+        worker thread: the last references of a large unlinked file, whose close frees its
+        blocks (seconds for a big fragmented one, offload.py)."""
         handle = self._by_fh.pop(fh, None)
         if handle is None:
-            return
+            return None
         if isinstance(handle, ControlHandle):
             uid = handle.caller.uid
             left = self._control_by_uid[uid] - 1
@@ -192,7 +199,7 @@ class HandleTable:
                 self._control_by_uid[uid] = left
             else:
                 del self._control_by_uid[uid]
-            return
+            return None
         self._data -= 1
         user = self._user_of.pop(fh, None)
         if user is not None:
@@ -204,9 +211,13 @@ class HandleTable:
         node = handle.node
         # An open file unlinked meanwhile: let its space go with this last close, as natively,
         # instead of keeping it until the kernel forgets the inode.
-        unlinked = (isinstance(handle, FileHandle) and node.pins == 1
-                    and os.fstat(handle.fd).st_nlink == 0)
-        os.close(handle.fd)
+        st = os.fstat(handle.fd) if isinstance(handle, FileHandle) and node.pins == 1 else None
+        unlinked = st is not None and st.st_nlink == 0
+        later = None
+        if st is not None and unlinked and st.st_blocks > LARGE_BLOCKS and node.fd >= 0:
+            later = (node.subtree, (handle.fd, os.dup(node.fd)))  # outlives release_fd's close
+        else:
+            os.close(handle.fd)
         subtree = node.subtree
         subtree.open_files -= 1
         self.inodes.unpin(node)
@@ -214,6 +225,7 @@ class HandleTable:
             self.inodes.release_fd(node)
         if subtree.detached and subtree.open_files == 0:
             self.on_last_close.append(subtree)
+        return later
 
     def close_all(self) -> None:
         for handle in self._by_fh.values():

@@ -235,6 +235,22 @@ class Offloader:
             buf += await self.call(subtree, os.pread, (fd,), size - got, off + got)
         return bytes(buf)
 
+    async def close(self, subtree: LiveSubtree, fds: Sequence[int]) -> None:
+        """Close fds in a worker, for a close that may free a large file's blocks.
+
+        No deadline: the descriptors are ours and must be closed, however long it takes.
+        """
+        slots = self._slots(subtree)
+        await trio.to_thread.run_sync(_close_all, fds, limiter=slots)
+
+    def _slots(self, subtree: LiveSubtree) -> trio.CapacityLimiter:
+        if subtree.limiter is None:
+            subtree.limiter = trio.CapacityLimiter(THREADS_PER_SUBTREE)
+        if self._total is None:
+            self._total = trio.CapacityLimiter(self._threads_total)
+        # to_thread only calls acquire_on_behalf_of/release_on_behalf_of (see _Slots).
+        return cast(trio.CapacityLimiter, _Slots(subtree.limiter, self._total))
+
     async def call(
         self,
         subtree: LiveSubtree,
@@ -249,12 +265,7 @@ class Offloader:
         new_fds tells which descriptors fn's result creates, so an abandoned result's
         descriptors are closed instead of leaked. timeout_s overrides the deadline.
         """
-        if subtree.limiter is None:
-            subtree.limiter = trio.CapacityLimiter(THREADS_PER_SUBTREE)
-        if self._total is None:
-            self._total = trio.CapacityLimiter(self._threads_total)
-        # to_thread only calls acquire_on_behalf_of/release_on_behalf_of (see _Slots).
-        slots = cast(trio.CapacityLimiter, _Slots(subtree.limiter, self._total))
+        slots = self._slots(subtree)
         deadline_s = self.timeout_s if timeout_s is None else timeout_s
         dups = [os.dup(fd) for fd in fds]
         job = _Job()

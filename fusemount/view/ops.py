@@ -39,7 +39,7 @@ from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
 from fusemount.view.gate import NOBODY, check_name, first_fd, the_fd, two_fds
-from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
 from fusemount.view.xattrs import XattrOps
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,13 @@ class Ops(XattrOps):
             # forget, so the space comes back when the last open file closes, as natively.
             gone = self.inodes.find(parent.subtree, st.st_dev, st.st_ino)
             if gone is not None:
+                # Closing the last reference of a large file frees its blocks, which can
+                # take seconds: keep a reference and drop it in a worker (offload.py).
+                large = st.st_blocks > LARGE_BLOCKS and gone.fd >= 0 and not gone.pins
+                keep = os.dup(gone.fd) if large else -1
                 self.inodes.release_fd(gone)
+                if keep >= 0:
+                    await self.offloader.close(parent.subtree, (keep,))
 
     @override
     @fuse_handler
@@ -315,7 +321,9 @@ class Ops(XattrOps):
     @override
     @fuse_handler
     async def release(self, fh: FileHandleT) -> None:
-        self.handles.release(fh)
+        later = self.handles.release(fh)
+        if later is not None:
+            await self.offloader.close(*later)
         self.ctx.reap()
 
     @override
