@@ -13,9 +13,11 @@ call to delay only the requests that wait for it. Which calls may block, and whe
   the open is retried without O_NONBLOCK in a worker, whose deadline is at least the lease
   break time. A caller who asked for O_NONBLOCK gets EWOULDBLOCK, as natively; for one who
   did not, the flag is cleared again on the new descriptor.
-- fsync, fdatasync, fsyncdir, fallocate and truncation (opens for writing, may free many
-  blocks) always run in a worker: `_io(..., blocking=True)`. So do writes on a handle opened
-  O_SYNC or O_DSYNC, each of which is an fsync.
+- fsync, fdatasync, fsyncdir and fallocate always run in a worker: `_io(..., blocking=True)`.
+  So do writes on a handle opened O_SYNC or O_DSYNC, each of which is an fsync, truncation
+  by name (it opens for writing: a lease), and what may free many blocks: truncating or
+  opening O_TRUNC a file of over a MiB, and the last close of such a file once unlinked
+  (handles.LARGE_BLOCKS; freeing a fragmented file's extents takes seconds).
 - Reads run inline with preadv2(RWF_NOWAIT), which answers from the page cache or fails with
   EAGAIN instead of waiting for the disk; then the read (or the rest of a partial one) runs
   in a worker. A filesystem without RWF_NOWAIT (EOPNOTSUPP) reads inline, under the watchdog.
@@ -187,13 +189,17 @@ class Offloader:
 
     async def open(self, subtree: LiveSubtree, fn: Callable[..., R], fds: Sequence[int],
                    flags: int, *args: object, new_fds: Callable[[R], Iterable[int]],
-                   opened: Callable[[R], int]) -> R:
+                   opened: Callable[[R], int], blocking: bool = False) -> R:
         """fn(*fds, flags, *args), an open that may wait for a lease break (module doc).
 
         opened(result) is the open descriptor whose O_NONBLOCK is put back as asked.
+        blocking=True sends it to a worker at once (O_TRUNC of a large file frees blocks).
         """
         if self.offloaded(subtree):
             return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds)
+        if blocking:
+            return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds,
+                                   timeout_s=max(self.timeout_s, lease_break_s() + _LEASE_MARGIN_S))
         try:
             result = self.inline(subtree, fn, fds, flags | os.O_NONBLOCK, *args)
         except BlockingIOError:

@@ -130,8 +130,9 @@ class Ops(XattrOps):
         if fields.update_size:
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
+                frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller, blocking=True)
+                               caller, blocking=frees)
             else:
                 await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
                                attr.st_size, caller, blocking=True)
@@ -264,8 +265,10 @@ class Ops(XattrOps):
                              new_names=True)
         user = self._charged(ctx)
         self.handles.check_room(user)
-        fd = await self.offloader.open(node.subtree, backing.reopen, (self.inodes.fd(node),),
-                                       flags, caller, new_fds=the_fd, opened=int)
+        path_fd = self.inodes.fd(node)
+        frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
+        fd = await self.offloader.open(node.subtree, backing.reopen, (path_fd,), flags, caller,
+                                       new_fds=the_fd, opened=int, blocking=frees)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), user,
                                        sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
