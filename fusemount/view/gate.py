@@ -77,16 +77,19 @@ class OpsBase(pyfuse3.Operations):
 
     async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
                   *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
-                  blocking: bool = False) -> R:
+                  blocking: bool = False, user: int | None = None) -> R:
         """fn(*fds, *args), inline or in a bounded worker thread (offload.py says which).
 
         blocking=True for a call that may sleep in the kernel whatever the source (fsync,
-        fallocate, truncate): always a worker. new_fds names the descriptors fn creates,
-        so a call abandoned at its deadline leaks none. Backing functions that act as the
-        caller switch credentials themselves, in whichever thread runs them.
+        fallocate, truncate): always a worker. user: the non-admin uid the call is made for
+        (handles.user_of(fh), or the caller's), whose worker slots it takes; None for an
+        admin or when unknown. new_fds names the descriptors fn creates, so a call abandoned
+        at its deadline leaks none. Backing functions that act as the caller switch
+        credentials themselves, in whichever thread runs them.
         """
         if blocking or self.offloader.offloaded(subtree):
-            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds,
+                                             user=user)
         return self.offloader.inline(subtree, fn, fds, *args)
 
     # --- who may do what ---------------------------------------------------------------

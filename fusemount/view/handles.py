@@ -120,6 +120,10 @@ class HandleTable:
             raise OSError(errno.EMFILE, "open file limit of this user reached "
                           f"(max_open_files_per_user={self.max_per_user})")
 
+    def user_of(self, fh: int) -> int | None:
+        """The non-admin uid an open file counts against; None for an admin's."""
+        return self._user_of.get(fh)
+
     def count_user(self, uid: int) -> int:
         """Data handles counted against a non-admin uid."""
         return self._by_user.get(uid, 0)

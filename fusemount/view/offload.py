@@ -28,19 +28,26 @@ call to delay only the requests that wait for it. Which calls may block, and whe
   subtree in offloaded mode for OFFLOAD_FOR_S: every call of that subtree then runs in a
   worker, and the mode lapses by itself at the end of the period.
 
-Workers are bounded: a worker takes a slot of its subtree (THREADS_PER_SUBTREE) and one of
-the whole view (THREADS_TOTAL), so one subtree cannot take every thread, and a request
-needing a slot waits for one without blocking anything else. Credentials are per thread:
-each backing function that acts as the caller switches them itself (creds.as_caller) in
-whichever thread runs it, with no await between switch and restore.
+Workers are bounded: a worker takes one slot of the whole view (THREADS_TOTAL) and one of
+either its user or its subtree. A call made for a non-admin user on a local source takes a
+slot of that user (THREADS_PER_USER): a user who makes her own calls block (a lease on her
+file, fsyncs of her own dirty files) ties up only her own slots, never those other users of
+the same subtree need. Other calls, and every call on a source that may stall, take a slot
+of their subtree (THREADS_PER_SUBTREE): a dead server ties up that subtree's threads only.
+A request that needs a slot waits for one without blocking anything else.
+Credentials are per thread: each backing function that acts as the caller switches them
+itself (creds.as_caller) in whichever thread runs it, with no await between switch and
+restore.
 
 A thread that misses its deadline is abandoned, not killed (a blocked syscall cannot be
 interrupted); it keeps its slots until it really ends. It never sees our descriptors: it
 works on duplicates that it closes itself, and descriptors it creates after being abandoned
 are closed by whichever side sees the result last. The subtree is then reported
 `"health": "stalled"` until a call succeeds again.
-Known gaps: re-opening an evicted inode (open_by_handle_at, inodes.py) and the close at
-release stay inline on local sources.
+Known gaps, inline on local sources and covered only by the watchdog: re-opening an evicted
+inode (open_by_handle_at, inodes.py), freeing a large file whose last reference goes when
+the kernel forgets it or when the daemon had already closed its descriptor (then unlinkat
+or a replacing rename frees it inline), and large directory listings.
 """
 
 from __future__ import annotations
@@ -64,7 +71,8 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 THREADS_PER_SUBTREE = 4
-THREADS_TOTAL = 64  # above max_subtrees_per_user * THREADS_PER_SUBTREE: one user cannot fill it
+THREADS_PER_USER = 4
+THREADS_TOTAL = 64  # far above THREADS_PER_USER: one user cannot fill it
 SLOW_INLINE_S = 0.1  # an inline call this slow already froze every request for its duration
 OFFLOAD_FOR_S = 10.0
 _LEASE_BREAK_TIME = "/proc/sys/fs/lease-break-time"
@@ -153,6 +161,8 @@ class Offloader:
         self.timeout_s = timeout_s
         self._threads_total = threads_total
         self._total: trio.CapacityLimiter | None = None
+        # One per uid that ever needed a worker: bounded by the system's real users.
+        self._by_user: dict[int, trio.CapacityLimiter] = {}
 
     # --- where a call runs -------------------------------------------------------------
 
@@ -189,16 +199,18 @@ class Offloader:
 
     async def open(self, subtree: LiveSubtree, fn: Callable[..., R], fds: Sequence[int],
                    flags: int, *args: object, new_fds: Callable[[R], Iterable[int]],
-                   opened: Callable[[R], int], blocking: bool = False) -> R:
+                   opened: Callable[[R], int], blocking: bool = False,
+                   user: int | None = None) -> R:
         """fn(*fds, flags, *args), an open that may wait for a lease break (module doc).
 
         opened(result) is the open descriptor whose O_NONBLOCK is put back as asked.
         blocking=True sends it to a worker at once (O_TRUNC of a large file frees blocks).
+        user: the non-admin uid it is made for (its worker slots), None for an admin.
         """
         if self.offloaded(subtree):
-            return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds)
+            return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds, user=user)
         if blocking:
-            return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds,
+            return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds, user=user,
                                    timeout_s=max(self.timeout_s, lease_break_s() + _LEASE_MARGIN_S))
         try:
             result = self.inline(subtree, fn, fds, flags | os.O_NONBLOCK, *args)
@@ -207,7 +219,7 @@ class Offloader:
                 raise  # the caller's own choice: EWOULDBLOCK while the lease breaks
             timeout = max(self.timeout_s, lease_break_s() + _LEASE_MARGIN_S)
             return await self.call(subtree, fn, fds, flags, *args, new_fds=new_fds,
-                                   timeout_s=timeout)
+                                   timeout_s=timeout, user=user)
         if not flags & os.O_NONBLOCK:
             fd = opened(result)
             try:
@@ -217,17 +229,18 @@ class Offloader:
                 raise
         return result
 
-    async def read(self, subtree: LiveSubtree, fd: int, size: int, off: int) -> bytes:
+    async def read(self, subtree: LiveSubtree, fd: int, size: int, off: int,
+                   user: int | None = None) -> bytes:
         """pread, from the page cache inline, else in a worker (module doc)."""
         if self.offloaded(subtree):
-            return await self.call(subtree, os.pread, (fd,), size, off)
+            return await self.call(subtree, os.pread, (fd,), size, off, user=user)
         if not subtree.nowait_reads:
             return self.inline(subtree, os.pread, (fd,), size, off)
         buf = bytearray(size)
         try:
             got = os.preadv(fd, (buf,), off, os.RWF_NOWAIT)
         except BlockingIOError:
-            return await self.call(subtree, os.pread, (fd,), size, off)
+            return await self.call(subtree, os.pread, (fd,), size, off, user=user)
         except OSError as exc:
             if exc.errno != errno.EOPNOTSUPP:
                 raise
@@ -238,7 +251,7 @@ class Offloader:
         del buf[got:]
         # A short read is EOF to the kernel: finish one that stopped at uncached pages.
         if got and off + got < os.fstat(fd).st_size:
-            buf += await self.call(subtree, os.pread, (fd,), size - got, off + got)
+            buf += await self.call(subtree, os.pread, (fd,), size - got, off + got, user=user)
         return bytes(buf)
 
     async def close(self, subtree: LiveSubtree, fds: Sequence[int]) -> None:
@@ -246,16 +259,23 @@ class Offloader:
 
         No deadline: the descriptors are ours and must be closed, however long it takes.
         """
-        slots = self._slots(subtree)
+        slots = self._slots(subtree, None)
         await trio.to_thread.run_sync(_close_all, fds, limiter=slots)
 
-    def _slots(self, subtree: LiveSubtree) -> trio.CapacityLimiter:
-        if subtree.limiter is None:
-            subtree.limiter = trio.CapacityLimiter(THREADS_PER_SUBTREE)
+    def _slots(self, subtree: LiveSubtree, user: int | None) -> trio.CapacityLimiter:
+        """The view's limiter and the user's or the subtree's, as one (module doc)."""
         if self._total is None:
             self._total = trio.CapacityLimiter(self._threads_total)
+        if user is not None and not subtree.offload:
+            own = self._by_user.get(user)
+            if own is None:
+                own = self._by_user[user] = trio.CapacityLimiter(THREADS_PER_USER)
+        else:
+            if subtree.limiter is None:
+                subtree.limiter = trio.CapacityLimiter(THREADS_PER_SUBTREE)
+            own = subtree.limiter
         # to_thread only calls acquire_on_behalf_of/release_on_behalf_of (see _Slots).
-        return cast(trio.CapacityLimiter, _Slots(subtree.limiter, self._total))
+        return cast(trio.CapacityLimiter, _Slots(own, self._total))
 
     async def call(
         self,
@@ -265,13 +285,15 @@ class Offloader:
         *args: object,
         new_fds: Callable[[R], Iterable[int]] | None = None,
         timeout_s: float | None = None,
+        user: int | None = None,
     ) -> R:
         """fn(*duplicates of fds, *args) in a worker thread; EIO after the deadline.
 
         new_fds tells which descriptors fn's result creates, so an abandoned result's
-        descriptors are closed instead of leaked. timeout_s overrides the deadline.
+        descriptors are closed instead of leaked. timeout_s overrides the deadline. user:
+        the non-admin uid the call is made for, whose worker slots it takes (module doc).
         """
-        slots = self._slots(subtree)
+        slots = self._slots(subtree, user)
         deadline_s = self.timeout_s if timeout_s is None else timeout_s
         dups = [os.dup(fd) for fd in fds]
         job = _Job()

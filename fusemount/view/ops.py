@@ -132,10 +132,10 @@ class Ops(XattrOps):
             if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
                 frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller, blocking=frees)
+                               caller, blocking=frees, user=self._charged(ctx))
             else:
                 await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
-                               attr.st_size, caller, blocking=True)
+                               attr.st_size, caller, blocking=True, user=self._charged(ctx))
         if fields.update_atime or fields.update_mtime:
             await self._io(
                 subtree, backing.utimens, (self.inodes.fd(node),),
@@ -268,7 +268,7 @@ class Ops(XattrOps):
         path_fd = self.inodes.fd(node)
         frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
         fd = await self.offloader.open(node.subtree, backing.reopen, (path_fd,), flags, caller,
-                                       new_fds=the_fd, opened=int, blocking=frees)
+                                       new_fds=the_fd, opened=int, blocking=frees, user=user)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), user,
                                        sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
@@ -285,7 +285,7 @@ class Ops(XattrOps):
         self.handles.check_room(user)
         fd, path_fd, st = await self.offloader.open(
             parent.subtree, _create, (self.inodes.fd(parent),), flags, name, mode, caller,
-            new_fds=two_fds, opened=_opened_by_create)
+            new_fds=two_fds, opened=_opened_by_create, user=user)
         try:
             self.handles.check_room(user)  # a call that awaited: other opens may have come
         except OSError:
@@ -302,7 +302,8 @@ class Ops(XattrOps):
         if ctlfiles.is_control_fh(self.handles.get(fh)):
             return self.control.read(fh, off, size)
         handle = self.handles.file(fh)
-        return await self.offloader.read(handle.node.subtree, handle.fd, size, off)
+        return await self.offloader.read(handle.node.subtree, handle.fd, size, off,
+                                         self.handles.user_of(fh))
 
     @override
     @fuse_handler
@@ -312,7 +313,7 @@ class Ops(XattrOps):
             return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
         return await self._io(handle.node.subtree, os.pwrite, (handle.fd,), buf, off,
-                              blocking=handle.sync)
+                              blocking=handle.sync, user=self.handles.user_of(fh))
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -336,7 +337,8 @@ class Ops(XattrOps):
             return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         sync = os.fdatasync if datasync else os.fsync
-        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True)
+        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True,
+                       user=self.handles.user_of(fh))
 
     # --- directories ------------------------------------------------------------------------
 
@@ -408,5 +410,6 @@ class Ops(XattrOps):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
-            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True)
+            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True,
+                           user=self.handles.user_of(fh))
 

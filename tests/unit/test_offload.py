@@ -225,3 +225,26 @@ def test_reads_of_pages_not_cached_come_whole_from_a_worker(tmp_path: Path) -> N
     assert trio.run(read, len(data), 0) == data
     assert trio.run(read, 4096, len(data) - 100) == data[-100:]  # EOF is not a partial read
     os.close(fd)
+
+
+def test_one_user_s_blocked_calls_leave_the_slots_others_need() -> None:
+    offloader = Offloader(10.0)
+    subtree = _local()
+    release = threading.Event()
+    done: list[str] = []
+
+    async def blocked() -> None:
+        await offloader.call(subtree, release.wait, (), 10, user=1000)
+
+    async def body() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(offload.THREADS_PER_USER + 2):  # more than alice's slots
+                nursery.start_soon(blocked)
+            await trio.sleep(0.1)
+            with trio.fail_after(2):
+                await offloader.call(subtree, done.append, (), "bob", user=1001)
+                await offloader.call(subtree, done.append, (), "admin")
+            release.set()
+
+    trio.run(body)
+    assert done == ["bob", "admin"]
