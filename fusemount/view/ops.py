@@ -54,6 +54,11 @@ def _create(parent_fd: int, flags: int, name: bytes, mode: int,
     return backing.create(parent_fd, name, flags, mode, caller)
 
 
+# The open descriptor in what a backing open returns (Offloader.open fixes its O_NONBLOCK).
+def _opened_by_reopen(fd: int) -> int:
+    return fd
+
+
 def _opened_by_create(made: tuple[int, int, os.stat_result]) -> int:
     return made[0]
 
@@ -267,8 +272,9 @@ class Ops(XattrOps):
         self.handles.check_room(user)
         path_fd = self.inodes.fd(node)
         frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
-        fd = await self.offloader.open(node.subtree, backing.reopen, (path_fd,), flags, caller,
-                                       new_fds=the_fd, opened=int, blocking=frees, user=user)
+        fd = await self.offloader.open(
+            node.subtree, backing.reopen, (path_fd,), flags, caller, new_fds=the_fd,
+            opened=_opened_by_reopen, blocking=frees, user=user)
         handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), user,
                                        sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
