@@ -163,6 +163,9 @@ class Offloader:
         self._total: trio.CapacityLimiter | None = None
         # One per uid that ever needed a worker: bounded by the system's real users.
         self._by_user: dict[int, trio.CapacityLimiter] = {}
+        # Inline reads land here, then are copied out: a fresh zeroed buffer per read costs
+        # more than the read itself for large requests. Only the trio thread uses it.
+        self._buf = bytearray(1 << 17)
 
     # --- where a call runs -------------------------------------------------------------
 
@@ -236,7 +239,9 @@ class Offloader:
             return await self.call(subtree, os.pread, (fd,), size, off, user=user)
         if not subtree.nowait_reads:
             return self.inline(subtree, os.pread, (fd,), size, off)
-        buf = bytearray(size)
+        if len(self._buf) < size:
+            self._buf = bytearray(size)
+        buf = memoryview(self._buf)[:size]
         try:
             got = os.preadv(fd, (buf,), off, os.RWF_NOWAIT)
         except BlockingIOError:
@@ -246,13 +251,11 @@ class Offloader:
                 raise
             subtree.nowait_reads = False
             return self.inline(subtree, os.pread, (fd,), size, off)
-        if got == size:
-            return bytes(buf)
-        del buf[got:]
+        data = bytes(buf[:got])  # copied out before any await: the buffer is shared
         # A short read is EOF to the kernel: finish one that stopped at uncached pages.
-        if got and off + got < os.fstat(fd).st_size:
-            buf += await self.call(subtree, os.pread, (fd,), size - got, off + got, user=user)
-        return bytes(buf)
+        if 0 < got < size and off + got < os.fstat(fd).st_size:
+            data += await self.call(subtree, os.pread, (fd,), size - got, off + got, user=user)
+        return data
 
     async def close(self, subtree: LiveSubtree, fds: Sequence[int]) -> None:
         """Close fds in a worker, for a close that may free a large file's blocks.
