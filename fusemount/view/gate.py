@@ -87,7 +87,9 @@ class OpsBase(pyfuse3.Operations):
         at its deadline leaks none. Backing functions that act as the caller switch
         credentials themselves, in whichever thread runs them.
         """
-        if blocking or self.offloader.offloaded(subtree):
+        # The first test is the hot path's only cost for a local subtree in inline mode.
+        if (blocking or subtree.offload or subtree.offload_until) and (
+                blocking or self.offloader.offloaded(subtree)):
             return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds,
                                              user=user)
         return self.offloader.inline(subtree, fn, fds, *args)

@@ -165,7 +165,7 @@ class Offloader:
         self._by_user: dict[int, trio.CapacityLimiter] = {}
         # Inline reads land here, then are copied out: a fresh zeroed buffer per read costs
         # more than the read itself for large requests. Only the trio thread uses it.
-        self._buf = bytearray(1 << 17)
+        self._buf = memoryview(bytearray(1 << 17))
 
     # --- where a call runs -------------------------------------------------------------
 
@@ -240,8 +240,8 @@ class Offloader:
         if not subtree.nowait_reads:
             return self.inline(subtree, os.pread, (fd,), size, off)
         if len(self._buf) < size:
-            self._buf = bytearray(size)
-        buf = memoryview(self._buf)[:size]
+            self._buf = memoryview(bytearray(size))
+        buf = self._buf[:size]
         try:
             got = os.preadv(fd, (buf,), off, os.RWF_NOWAIT)
         except BlockingIOError:
@@ -251,7 +251,7 @@ class Offloader:
                 raise
             subtree.nowait_reads = False
             return self.inline(subtree, os.pread, (fd,), size, off)
-        data = bytes(buf[:got])  # copied out before any await: the buffer is shared
+        data = bytes(buf if got == size else buf[:got])  # copied out before any await
         # A short read is EOF to the kernel: finish one that stopped at uncached pages.
         if 0 < got < size and off + got < os.fstat(fd).st_size:
             data += await self.call(subtree, os.pread, (fd,), size - got, off + got, user=user)
