@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from fusemount.view.offload import THREADS_PER_USER
 from tests.support.daemon import ViewFactory, ViewHandle
-from tests.support.users import SYSTEM_PYTHON, User, Users
+from tests.support.users import SYSTEM_PYTHON, User, Users, py_as
 
 LEASE_BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
 BREAK_S = 8  # long enough that a view frozen by the break fails every timing below
@@ -350,3 +351,62 @@ def test_truncating_a_large_fragmented_file_does_not_stall_another_subtree(
     if took < 0.4:
         pytest.skip(f"this disk freed 30,000 extents in {took:.2f}s: too fast to tell a "
                     "stalled view from a working one")
+
+
+@pytest.mark.timeout(120)
+def test_one_user_s_opens_waiting_for_leases_leave_others_of_the_subtree_served(
+    view_factory: ViewFactory, source: Path, users: Users, short_lease_breaks: None,
+) -> None:
+    alice, bob = users.alice, users.bob
+    count = THREADS_PER_USER + 2  # more blocked opens than alice has worker slots
+    leased = [source / f"leased{i}" for i in range(count)]
+    for path in leased:
+        path.write_text("alice's file")
+        os.chown(path, alice.uid, alice.gid)
+    bobs = source / "bobs"
+    bobs.write_bytes(os.urandom(1 << 20))
+    os.chown(bobs, bob.uid, bob.gid)
+    fd = os.open(bobs, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # bob's read must go to the disk
+    finally:
+        os.close(fd)
+    view = view_factory()
+    view.ok(f"attach shared {source} owner={alice.name} allow={bob.name}:rw")
+    holders = [_AsUser(alice, _HOLDER, path) for path in leased]
+    writers: list[_AsUser] = []
+    try:
+        for holder in holders:
+            holder.expect("leased")
+        writers = [_AsUser(alice, _WRITER, view.path / "shared" / p.name) for p in leased]
+        for holder in holders:
+            holder.expect("breaking")
+        # Bob's cold read and his fsync need worker threads too: not alice's.
+        got = py_as(bob, f"""
+import time
+path = {str(view.path / "shared" / "bobs")!r}
+started = time.monotonic()
+with open(path, "rb") as f:
+    size = len(f.read())
+read_s = time.monotonic() - started
+fd = os.open(path, os.O_WRONLY)
+started = time.monotonic()
+os.write(fd, b"b")
+os.fsync(fd)
+os.close(fd)
+print(json.dumps([size, read_s, time.monotonic() - started]))
+""")
+        assert isinstance(got, list)
+        size, read_s, sync_s = got
+        assert size == 1 << 20
+        assert read_s < QUICK_S and sync_s < QUICK_S, got
+        assert all(w.proc.poll() is None for w in writers), "alice's opens did not wait"
+        for holder in holders:
+            holder.release()
+        for writer in writers:
+            said = writer.said(BREAK_S + 5)
+            assert said[0] == "opened", said
+    finally:
+        for process in holders + writers:
+            process.close()
