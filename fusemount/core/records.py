@@ -131,6 +131,7 @@ class Limits:
     max_subtrees_per_user: int = 8
     max_holders: int = 1024
     max_open_files: int = 4096
+    max_open_files_per_user: int = 1024  # per non-admin uid (EMFILE)
     max_command_bytes: int = 4096
     max_cached_fds: int = 8192  # descriptors kept for inodes the kernel knows (beyond SPEC 6)
     max_inodes: int = 262144  # inodes known before the kernel is asked to forget cold ones

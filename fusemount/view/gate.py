@@ -94,12 +94,23 @@ class OpsBase(pyfuse3.Operations):
         self.control.io = self._io
 
     async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
-                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
-        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
-        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
-        if not subtree.offload:
-            return fn(*fds, *args)
-        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R:
+        """fn(*fds, *args), inline or in a bounded worker thread (offload.py says which).
+
+        blocking=True for a call that may sleep in the kernel whatever the source (fsync,
+        fallocate, truncate): always a worker. user: the non-admin uid the call is made for
+        (handles.user_of(fh), or the caller's), whose worker slots it takes; None for an
+        admin or when unknown. new_fds names the descriptors fn creates, so a call abandoned
+        at its deadline leaks none. Backing functions that act as the caller switch
+        credentials themselves, in whichever thread runs them.
+        """
+        # The first test is the hot path's only cost for a local subtree in inline mode.
+        if (blocking or subtree.offload or subtree.offload_until) and (
+                blocking or self.offloader.offloaded(subtree)):
+            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds,
+                                             user=user)
+        return self.offloader.inline(subtree, fn, fds, *args)
 
     # --- who may do what ---------------------------------------------------------------
 
@@ -127,6 +138,14 @@ class OpsBase(pyfuse3.Operations):
         if groups:
             return self.callers.with_groups(caller)
         return caller
+
+    def _charged(self, ctx: RequestContext) -> int | None:
+        """The uid whose max_open_files_per_user a new handle counts against,
+        and whose worker-thread slots its blocking calls take; None for an
+        admin, who is not capped per user and may use the slots kept for admins (SPEC 6)."""
+        if ctx.uid == 0:
+            return None
+        return None if self.ctx.is_admin(self.callers.from_ctx(ctx)) else ctx.uid
 
     def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
         if node.is_root:

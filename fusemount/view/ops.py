@@ -42,7 +42,7 @@ from fusemount.host import backing, syscalls
 from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
 from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
-from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
 from fusemount.view.inodes import Node
 from fusemount.view.ranges import RangeOps
 from fusemount.view.xattrs import XattrOps
@@ -54,6 +54,22 @@ _DAEMON = Caller(0, 0, 0)
 # One getdents64 read per open directory at a time: what an open directory costs in
 # memory (SPEC 6), and several READDIRPLUS replies' worth of short names.
 _DIR_BUFFER_BYTES = 4096
+_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC  # every write is an fsync: offload.py runs it in a worker
+
+
+def _create(parent_fd: int, flags: int, name: bytes, mode: int,
+            caller: Caller) -> tuple[int, int, os.stat_result]:
+    """backing.create with flags first, as Offloader.open passes them."""
+    return backing.create(parent_fd, name, flags, mode, caller)
+
+
+# The open descriptor in what a backing open returns (Offloader.open fixes its O_NONBLOCK).
+def _opened_by_reopen(fd: int) -> int:
+    return fd
+
+
+def _opened_by_create(made: tuple[int, int, os.stat_result]) -> int:
+    return made[0]
 
 
 def _as_squashed(caller: Caller) -> Caller | None:
@@ -151,11 +167,12 @@ class Ops(XattrOps, RangeOps):
         if fields.update_size:
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
+                frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller)
+                               caller, blocking=frees, user=self._charged(ctx))
             else:
                 await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
-                               attr.st_size, caller)
+                               attr.st_size, caller, blocking=True, user=self._charged(ctx))
         if fields.update_atime or fields.update_mtime:
             await self._io(
                 subtree, backing.utimens, (self.inodes.fd(node),),
@@ -245,7 +262,13 @@ class Ops(XattrOps, RangeOps):
             # forget, so the space comes back when the last open file closes, as natively.
             gone = self.inodes.find(parent.subtree, st.st_dev, st.st_ino)
             if gone is not None:
+                # Closing the last reference of a large file frees its blocks, which can
+                # take seconds: keep a reference and drop it in a worker (offload.py).
+                large = st.st_blocks > LARGE_BLOCKS and gone.fd >= 0 and not gone.pins
+                keep = os.dup(gone.fd) if large else -1
                 self.inodes.release_fd(gone)
+                if keep >= 0:
+                    await self.offloader.close(parent.subtree, (keep,))
 
     @override
     @fuse_handler
@@ -279,10 +302,15 @@ class Ops(XattrOps, RangeOps):
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
                              new_names=True)
-        self.handles.check_room()
-        fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
-                            new_fds=the_fd)
-        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller)
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        path_fd = self.inodes.fd(node)
+        frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
+        fd = await self.offloader.open(
+            node.subtree, backing.reopen, (path_fd,), flags, caller, new_fds=the_fd,
+            opened=_opened_by_reopen, blocking=frees, user=user)
+        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller, user,
+                                       sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
         # go through the same page cache.
@@ -295,17 +323,20 @@ class Ops(XattrOps, RangeOps):
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         if self.ctx.config.access.deny_special_files:
             backing.refuse_setid_on_file(mode, stat.S_IFREG)
-        self.handles.check_room()
-        fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
-                                         name, flags, mode, caller, new_fds=two_fds)
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        fd, path_fd, st = await self.offloader.open(
+            parent.subtree, _create, (self.inodes.fd(parent),), flags, name, mode, caller,
+            new_fds=two_fds, opened=_opened_by_create, user=user)
         try:
-            self.handles.check_room()  # an offloaded call awaits: other opens may have come
+            self.handles.check_room(user)  # a call that awaited: other opens may have come
         except OSError:
             os.close(fd)
             os.close(path_fd)
             raise
         node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
-        handle = self.handles.add_file(node, fd, True, caller)
+        handle = self.handles.add_file(node, fd, True, caller, user,
+                                       sync=bool(flags & _SYNC_FLAGS))
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
     @override
@@ -314,7 +345,8 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control_fh(self.handles.get(fh)):
             return self.control.read(fh, off, size)
         handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, os.pread, (handle.fd,), size, off)
+        return await self.offloader.read(handle.node.subtree, handle.fd, size, off,
+                                         self.handles.user_of(fh))
 
     @override
     @fuse_handler
@@ -324,7 +356,8 @@ class Ops(XattrOps, RangeOps):
             return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
         return await self._io(handle.node.subtree, backing.write, (handle.fd,), buf, off,
-                              handle.caller)
+                              handle.caller, blocking=handle.sync,
+                              user=self.handles.user_of(fh))
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -336,7 +369,9 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def release(self, fh: FileHandleT) -> None:
-        self.handles.release(fh)
+        later = self.handles.release(fh)
+        if later is not None:
+            await self.offloader.close(*later)
         self.ctx.reap()
 
     @override
@@ -346,7 +381,8 @@ class Ops(XattrOps, RangeOps):
             return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         sync = os.fdatasync if datasync else os.fsync
-        await self._io(handle.node.subtree, sync, (handle.fd,))
+        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True,
+                       user=self.handles.user_of(fh))
 
     # --- directories ------------------------------------------------------------------------
 
@@ -357,10 +393,11 @@ class Ops(XattrOps, RangeOps):
             return self.control.opendir(inode, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, groups=True, new_names=True)
-        self.handles.check_room()
+        user = self._charged(ctx)
+        self.handles.check_room(user)
         fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
                             new_fds=the_fd)
-        return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
+        return FileHandleT(self.handles.add_dir(node, fd, caller, user).fh)
 
     @override
     @fuse_handler
@@ -448,5 +485,6 @@ class Ops(XattrOps, RangeOps):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
-            await self._io(handle.node.subtree, os.fsync, (handle.fd,))
+            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True,
+                           user=self.handles.user_of(fh))
 
