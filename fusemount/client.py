@@ -349,14 +349,28 @@ def _real_mount_point(view: str | os.PathLike[str]) -> str:
 
 def _mount_type(mount_point: str) -> str | None:
     """The type of the topmost mount on mount_point, or None if nothing is mounted there."""
-    found: str | None = None
+    top = _topmost_mount(mount_point)
+    return top[1] if top else None
+
+
+def view_mount_id(view: str | os.PathLike[str]) -> int | None:
+    """The mount id of the topmost mount on view (as /proc/PID/fdinfo shows it), or None;
+    from mountinfo only, like is_view_mount."""
+    top = _topmost_mount(_real_mount_point(view))
+    return top[0] if top else None
+
+
+def _topmost_mount(mount_point: str) -> tuple[int, str] | None:
+    """(mount id, type) of the topmost mount on mount_point, or None."""
+    found: tuple[int, str] | None = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
             for line in f:
                 head, _, tail = line.partition(" - ")
                 fields = head.split()
                 if len(fields) >= 5 and _unescape(fields[4]) == mount_point and tail:
-                    found = tail.split()[0]  # later lines are mounted on top of earlier ones
+                    # later lines are mounted on top of earlier ones
+                    found = (int(fields[0]), tail.split()[0])
     except OSError:
         return None
     return found

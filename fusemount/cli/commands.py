@@ -29,7 +29,14 @@ from typing import NoReturn, cast
 
 from fusemount import __version__
 from fusemount.cli import wrappers
-from fusemount.client import Client, ControlFailed, MountRecord, is_view_mount, view_problem
+from fusemount.client import (
+    Client,
+    ControlFailed,
+    MountRecord,
+    is_view_mount,
+    view_mount_id,
+    view_problem,
+)
 from fusemount.core.config import ConfigError, defaults_toml, load_config
 
 # fusemount.daemon (pyfuse3, trio) is imported by the commands that need it only: the
@@ -419,9 +426,24 @@ def processes_using(view: str) -> list[tuple[int, str]]:
     prefix = top + "/"
     me = os.getpid()
 
+    view_mnt = view_mount_id(top)
+
     def under(target: str) -> bool:
         target = target.removesuffix(" (deleted)")
         return target == top or target.startswith(prefix)
+
+    def fd_under(base: str, fd: str, target: str) -> bool:
+        # A path names where a file was found, not which mount holds it: the daemon's own
+        # descriptor of the directory *under* its view (the guard of SPEC 4) reads as the
+        # view's path too. The mount id in fdinfo tells them apart.
+        if not under(target):
+            return False
+        with contextlib.suppress(OSError, ValueError), open(f"{base}/fdinfo/{fd}",
+                                                             encoding="ascii") as f:
+            for line in f:
+                if line.startswith("mnt_id:") and view_mnt is not None:
+                    return int(line.split()[1]) == view_mnt
+        return True
 
     found: list[tuple[int, str]] = []
     for entry in os.listdir("/proc"):
@@ -432,17 +454,18 @@ def processes_using(view: str) -> list[tuple[int, str]]:
         for name in ("cwd", "root"):
             with contextlib.suppress(OSError):
                 links.append(os.readlink(f"{base}/{name}"))
+        busy = False
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"{base}/fd"):
                 with contextlib.suppress(OSError):
-                    links.append(os.readlink(f"{base}/fd/{fd}"))
+                    busy = busy or fd_under(base, fd, os.readlink(f"{base}/fd/{fd}"))
         with contextlib.suppress(OSError), open(f"{base}/maps", encoding="utf-8",
                                                 errors="surrogateescape") as f:
             for line in f:
                 fields = line.split(maxsplit=5)
                 if len(fields) == 6:
                     links.append(fields[5].rstrip("\n"))
-        if any(under(link) for link in links):
+        if busy or any(under(link) for link in links):
             name = "?"
             with contextlib.suppress(OSError), open(f"{base}/comm", encoding="utf-8") as f:
                 name = f.read().strip()

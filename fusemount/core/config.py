@@ -38,6 +38,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "max_subtrees_per_user": (1, 65536),
     "max_holders": (1, 1048576),
     "max_open_files": (1, 16384),
+    "max_open_files_per_user": (1, 16384),
     "max_command_bytes": (64, 1048576),
     "max_cached_fds": (64, 16384),
     "max_inodes": (1024, 16777216),
@@ -96,6 +97,7 @@ def parse_config(text: str) -> Config:
                 "mount_fstypes", a.mount_fstypes, _is_fstype, "a filesystem type"
             ),
             deny_special_files=access.boolean("deny_special_files", a.deny_special_files),
+            hide_names=access.boolean("hide_names", a.hide_names),
         ),
         limits=Limits(
             max_subtrees=limits.integer("max_subtrees", lim.max_subtrees),
@@ -104,6 +106,9 @@ def parse_config(text: str) -> Config:
             ),
             max_holders=limits.integer("max_holders", lim.max_holders),
             max_open_files=limits.integer("max_open_files", lim.max_open_files),
+            max_open_files_per_user=limits.integer(
+                "max_open_files_per_user", lim.max_open_files_per_user
+            ),
             max_command_bytes=limits.integer("max_command_bytes", lim.max_command_bytes),
             max_cached_fds=limits.integer("max_cached_fds", lim.max_cached_fds),
             max_inodes=limits.integer("max_inodes", lim.max_inodes),
@@ -312,9 +317,12 @@ _COMMENTS: dict[str, str] = {
     "access.self_service_roots": "where non-admins may attach what they own",
     "access.source_roots": "empty: any directory",
     "access.fstypes": "empty: any type",
+    "limits.max_open_files_per_user": "per non-admin user (EMFILE); admins keep the last "
+    "eighth of max_open_files",
     "limits.max_cached_fds": "descriptors kept for inodes the kernel knows",
     "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
-    "performance.busy_poll": "idle CPUs poll, not halt, while requests flow (lower latency)",
+    "access.hide_names": "true: outsiders get ENOENT, one request per walk (SPEC 5)",
+    "performance.busy_poll": "opt-in, host-wide: idle CPUs poll while requests flow",
     "log.audit": 'JSON-lines audit log; "" = in the daemon log (foreground) or '
                  "/var/log/fusemount/VIEW.audit.jsonl (detached)",
     "log.level": "debug, info, warning or error",

@@ -131,6 +131,7 @@ class Limits:
     max_subtrees_per_user: int = 8
     max_holders: int = 1024
     max_open_files: int = 4096
+    max_open_files_per_user: int = 1024  # per non-admin uid (EMFILE)
     max_command_bytes: int = 4096
     max_cached_fds: int = 8192  # descriptors kept for inodes the kernel knows (beyond SPEC 6)
     max_inodes: int = 262144  # inodes known before the kernel is asked to forget cold ones
@@ -147,6 +148,7 @@ class AccessConfig:
     require_mountpoint: bool = False
     mount_fstypes: tuple[str, ...] = ("tmpfs", "ext4", "xfs", "btrfs", "squashfs", "erofs")
     deny_special_files: bool = False  # SPEC 3: no device nodes, no set-ID bits on files
+    hide_names: bool = False  # True: outsiders get ENOENT for VIEW/NAME, not the gate (SPEC 5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +159,7 @@ class CacheConfig:
 
 @dataclass(frozen=True, slots=True)
 class PerformanceConfig:
-    busy_poll: bool = True  # idle CPUs poll while the view is busy (view/busypoll.py)
+    busy_poll: bool = False  # opt-in: idle CPUs poll while the view is busy (view/busypoll.py)
 
 
 @dataclass(frozen=True, slots=True)

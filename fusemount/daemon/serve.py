@@ -405,7 +405,8 @@ class _Service:
         ctx = self.ctx
         ctx.rules = Rules(principals.resolve_admins(new.access.admins), new.access)
         ctx.table.limits = new.limits
-        ctx.handles.max_open_files = new.limits.max_open_files
+        ctx.handles.set_limits(new.limits.max_open_files,
+                               new.limits.max_open_files_per_user)
         ctx.inodes.max_cached_fds = new.limits.max_cached_fds
         ctx.inodes.max_inodes = new.limits.max_inodes
         self.ops.entry_timeout = new.cache.entry_timeout
@@ -456,7 +457,9 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
     except OSError as exc:
         raise ServeError(f"view {view}: {exc.strerror}") from None
     ctx = ViewContext(config=config, rules=rules, table=SubtreeTable(config.limits),
-                      inodes=inodes, handles=HandleTable(inodes, config.limits.max_open_files),
+                      inodes=inodes,
+                      handles=HandleTable(inodes, config.limits.max_open_files,
+                                          config.limits.max_open_files_per_user),
                       view_guard=guard)
     metrics = Metrics()
     view_errors.sink.observer = metrics

@@ -388,11 +388,21 @@ def setfsgid(gid: int) -> int:
     return _syscall(_NR_SETFSGID, gid) & 0xFFFFFFFF
 
 
+# tuple(groups) -> the array the kernel reads: building it costs as much as the syscall.
+_group_arrays: dict[tuple[int, ...], ctypes.Array[ctypes.c_uint32]] = {}
+
+
 def setgroups_thread(groups: Sequence[int]) -> None:
     """Replace the supplementary groups of the calling thread only. os.setgroups would
     change every thread of the daemon (glibc broadcasts it), so it must never be used."""
-    array = (ctypes.c_uint32 * len(groups))(*groups)
-    if _syscall(_NR_SETGROUPS, len(groups), array) < 0:
+    key = tuple(groups)
+    array = _group_arrays.get(key)
+    if array is None:
+        array = (ctypes.c_uint32 * len(key))(*key)
+        if len(_group_arrays) >= 1024:
+            _group_arrays.clear()
+        _group_arrays[key] = array
+    if _syscall(_NR_SETGROUPS, len(key), array) < 0:
         raise _error()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 
 from pyfuse3 import EntryAttributes, InodeT, ModeT
 
@@ -24,6 +25,17 @@ def fill(e: EntryAttributes, ino: int, st: os.stat_result, entry_timeout: float,
     e.st_atime_ns = st.st_atime_ns
     e.st_mtime_ns = st.st_mtime_ns
     e.st_ctime_ns = st.st_ctime_ns
+    return e
+
+
+def gated(ino: int, st: os.stat_result, mode: int, owner: int, entry_timeout: float,
+          attr_timeout: float) -> EntryAttributes:
+    """A subtree root presented as its gate (SPEC 5): the source root's attributes with the
+    gate's owner and permission bits. No set-ID or sticky bits: the kernel would judge a
+    sticky root against the gate's owner, where only the backing's own check is right."""
+    e = fill(EntryAttributes(), ino, st, entry_timeout, attr_timeout)
+    e.st_mode = ModeT(stat.S_IFDIR | mode)
+    e.st_uid = owner
     return e
 
 

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from fusemount.core.policy import Rules, access_of, needs_groups
+from fusemount.core.policy import Gate, Rules, access_of, gate_of, needs_groups
 from fusemount.core.records import Access, Caller, Config, SubtreeSpec
 from fusemount.core.subtrees import SubtreeTable
 from fusemount.host.sources import ViewGuard
+from fusemount.view.attrs import fill, gated
 from fusemount.view.callers import Callers
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
@@ -49,6 +50,25 @@ class ViewContext:
         if needs_groups(policy, self.rules.admins):
             caller = self.callers.with_groups(caller)
         return access_of(caller, policy, self.rules.is_admin(caller))
+
+    @property
+    def gated(self) -> bool:
+        """Gate mode (SPEC 5): VIEW/NAME presents the gate and the kernel keeps outsiders out."""
+        return not self.config.access.hide_names
+
+    def gate(self, subtree: LiveSubtree) -> Gate:
+        return gate_of(subtree.spec.policy, self.rules.admins)
+
+    def root_attrs(self, subtree: LiveSubtree, ino: int,
+                   root_st: os.stat_result) -> pyfuse3.EntryAttributes:
+        """What VIEW/NAME shows: the gate, cached like any entry; or, with hidden names, the
+        source root's own attributes with entry_timeout 0, so that every walk through the
+        root asks the daemon, as its caller, whether the name exists for them."""
+        cache = self.config.cache
+        if not self.gated:
+            return fill(pyfuse3.EntryAttributes(), ino, root_st, 0.0, cache.attr_timeout)
+        return gated(ino, root_st, self.gate(subtree).mode, subtree.spec.policy.owner,
+                     cache.entry_timeout, cache.attr_timeout)
 
     def is_admin(self, caller: Caller) -> bool:
         if caller.uid == 0:
@@ -99,12 +119,19 @@ class ViewContext:
     async def invalidate(self, subtree: LiveSubtree) -> None:
         """Make the kernel forget what it cached for a subtree (policy change or detach).
 
+        Attributes of every inode (for the gate, its ACL too: invalidate_inode drops the
+        cached ACL), so the next permission check asks again. The name itself only when it
+        may no longer resolve: a detach, or hidden names; a `set` in gate mode keeps the
+        entry, so working directories inside stay valid (dropping a directory's dentry
+        unhashes it under every process whose cwd it is).
+
         The notify calls block until the kernel has processed them, and the kernel may need
         an answer from us to do so: they run in a worker thread while trio keeps serving.
         """
         if not self.mounted:
             return
         inos = [n.ino for n in self.inodes.nodes_of(subtree)]
+        drop_name = not (subtree.live and self.gated)
 
         name = pyfuse3.FileNameT(subtree.name.encode())
 
@@ -112,7 +139,8 @@ class ViewContext:
             # Synchronous, so the name is gone from the kernel's cache before the command
             # replies, and no queued notification can outlive the session at shutdown.
             try:
-                pyfuse3.invalidate_entry(pyfuse3.ROOT_INODE, name)
+                if drop_name:
+                    pyfuse3.invalidate_entry(pyfuse3.ROOT_INODE, name)
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     log.warning("invalidate_entry(%s): %s", subtree.name, exc)

@@ -23,6 +23,7 @@ from pyfuse3 import (
 )
 
 from fusemount.core.records import Access, Caller
+from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
@@ -93,12 +94,23 @@ class OpsBase(pyfuse3.Operations):
         self.control.io = self._io
 
     async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
-                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None) -> R:
-        """fn(*fds, *args): inline for local sources, in a deadline-bound worker thread for
-        sources that may stall (offload.py). new_fds names the descriptors fn creates."""
-        if not subtree.offload:
-            return fn(*fds, *args)
-        return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds)
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R:
+        """fn(*fds, *args), inline or in a bounded worker thread (offload.py says which).
+
+        blocking=True for a call that may sleep in the kernel whatever the source (fsync,
+        fallocate, truncate): always a worker. user: the non-admin uid the call is made for
+        (handles.user_of(fh), or the caller's), whose worker slots it takes; None for an
+        admin or when unknown. new_fds names the descriptors fn creates, so a call abandoned
+        at its deadline leaks none. Backing functions that act as the caller switch
+        credentials themselves, in whichever thread runs them.
+        """
+        # The first test is the hot path's only cost for a local subtree in inline mode.
+        if (blocking or subtree.offload or subtree.offload_until) and (
+                blocking or self.offloader.offloaded(subtree)):
+            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds,
+                                             user=user)
+        return self.offloader.inline(subtree, fn, fds, *args)
 
     # --- who may do what ---------------------------------------------------------------
 
@@ -127,8 +139,18 @@ class OpsBase(pyfuse3.Operations):
             return self.callers.with_groups(caller)
         return caller
 
+    def _charged(self, ctx: RequestContext) -> int | None:
+        """The uid whose max_open_files_per_user a new handle counts against,
+        and whose worker-thread slots its blocking calls take; None for an
+        admin, who is not capped per user and may use the slots kept for admins (SPEC 6)."""
+        if ctx.uid == 0:
+            return None
+        return None if self.ctx.is_admin(self.callers.from_ctx(ctx)) else ctx.uid
+
     def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
-        if node.subtree.spec.policy.squash_root:
+        if node.is_root:
+            attrs = self.ctx.root_attrs(node.subtree, node.ino, st)
+        elif node.subtree.spec.policy.squash_root:
             # The kernel lets root through cached entries by capability: on a squashed
             # subtree nothing is cached, so every walk step comes back as a lookup that
             # runs as nobody (ops.lookup), as a native walk by nobody would be checked.
@@ -138,6 +160,11 @@ class OpsBase(pyfuse3.Operations):
                          self.attr_timeout)
         attrs.generation = node.generation  # a recycled st_ino's new object (inodes.py)
         return attrs
+
+    def _is_gate(self, node: Node) -> bool:
+        """Whether node is VIEW/NAME presented as a gate, whose attributes are not the
+        source root's: the kernel judged the request against the gate, not the source."""
+        return node.is_root and self.ctx.gated
 
     def _node(self, ino: int) -> Node:
         return self.inodes.node(ino)
@@ -158,13 +185,21 @@ class OpsBase(pyfuse3.Operations):
         """Once a second: keep the inode table within its cap even when no lookup comes."""
         self._trim()
 
-    def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
-                           ) -> tuple[Node, Caller]:
+    async def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
+                                 ) -> tuple[Node, Caller]:
         if ctlfiles.is_control(parent_inode):
             raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
         check_name(name)
         parent = self._node(parent_inode)
-        return parent, self._enter(ctx, parent, write=True, groups=True, new_names=True)
+        caller = self._enter(ctx, parent, write=True, groups=True, new_names=True)
+        if self._is_gate(parent):
+            # The kernel checked write and search against the gate; entries directly in
+            # VIEW/NAME are still the source root's to allow (SPEC 5), as the caller.
+            allowed = await self._io(parent.subtree, backing.access, (self.inodes.fd(parent),),
+                                     os.W_OK | os.X_OK, caller)
+            if not allowed:
+                raise OSError(errno.EACCES, "the source root does not let the caller change it")
+        return parent, caller
 
     def _adopt(self, parent: Node, name: bytes,
                made: tuple[int, os.stat_result]) -> EntryAttributes:

@@ -30,6 +30,8 @@ class LiveSubtree:
     offload: bool = False  # its source may stall: backing calls go to threads (offload.py)
     limiter: trio.CapacityLimiter | None = None  # worker threads for offloaded calls
     stalled_since: float | None = None  # set while calls miss their deadline
+    offload_until: float = 0.0  # watchdog: calls go to threads until then (offload.py)
+    nowait_reads: bool = True  # cleared if the source refuses preadv2(RWF_NOWAIT)
     _mount_fd: int = -1  # non-O_PATH descriptor open_by_handle_at needs; opened lazily
 
     @property

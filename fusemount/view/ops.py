@@ -4,11 +4,13 @@ Each handler reads: who asks, which node, may they, do it, record it. Control in
 (the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
 inode is a Node of a live subtree, reached only through its held descriptor.
 
-Caching (SPEC 5): subtree entries in the root are returned with entry_timeout 0, so every
-path walk into a subtree asks the daemon, as that caller, whether the subtree exists for
-them; an outsider never passes the subtree root whatever the kernel has cached for others.
-Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the kernel's
-attributes of every inode of the subtree, so the next permission check comes back here.
+Caching (SPEC 5): in gate mode (the default) VIEW/NAME presents its gate's owner, bits and
+ACL, so the kernel itself refuses outsiders from its caches and subtree entries in the root
+are cached like any other. With `access.hide_names` they are returned with entry_timeout 0,
+so every path walk into a subtree asks the daemon, as that caller, whether the subtree exists
+for them. Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the
+kernel's attributes (and the gate's ACL) of every inode of the subtree, so the next permission
+check comes back here.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from fusemount.host import backing, syscalls
 from fusemount.view import ctlfiles
 from fusemount.view.errors import fuse_handler
 from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
-from fusemount.view.handles import ControlHandle, DirHandle
+from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
 from fusemount.view.inodes import Node
 from fusemount.view.ranges import RangeOps
 from fusemount.view.xattrs import XattrOps
@@ -52,6 +54,22 @@ _DAEMON = Caller(0, 0, 0)
 # One getdents64 read per open directory at a time: what an open directory costs in
 # memory (SPEC 6), and several READDIRPLUS replies' worth of short names.
 _DIR_BUFFER_BYTES = 4096
+_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC  # every write is an fsync: offload.py runs it in a worker
+
+
+def _create(parent_fd: int, flags: int, name: bytes, mode: int,
+            caller: Caller) -> tuple[int, int, os.stat_result]:
+    """backing.create with flags first, as Offloader.open passes them."""
+    return backing.create(parent_fd, name, flags, mode, caller)
+
+
+# The open descriptor in what a backing open returns (Offloader.open fixes its O_NONBLOCK).
+def _opened_by_reopen(fd: int) -> int:
+    return fd
+
+
+def _opened_by_create(made: tuple[int, int, os.stat_result]) -> int:
+    return made[0]
 
 
 def _as_squashed(caller: Caller) -> Caller | None:
@@ -105,7 +123,8 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control(inode):
             return self.control.getattr(inode, ctx)
         node = self._node(inode)
-        self._enter(ctx, node)
+        if not self._is_gate(node):  # anyone may stat a gate (SPEC 5): the kernel asks for
+            self._enter(ctx, node)  # it to decide whether to let the caller through
         st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
 
@@ -116,8 +135,17 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control(inode):
             return self.control.setattr(inode, fields, ctx)
         node = self._node(inode)
+        is_gate = self._is_gate(node)
+        if is_gate and (fields.update_mode or fields.update_uid or fields.update_gid):
+            raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
         caller = self._enter(ctx, node, write=True, groups=True)
         subtree = node.subtree
+        if is_gate or isinstance(caller, SquashedRoot):
+            # The kernel judged the times against the gate (let the source root judge them),
+            # or let a squashed root through by capability (nobody must be judged).
+            time_caller = caller
+        else:
+            time_caller = Caller(0, 0, caller.pid)
         # The kernel has already applied setattr_prepare() for the caller (default_permissions:
         # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
         # is done as the caller only where the backing filesystem must judge it too.
@@ -139,17 +167,18 @@ class Ops(XattrOps, RangeOps):
         if fields.update_size:
             handle = self.handles.get(fh) if fh is not None else None
             if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
+                frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller)
+                               caller, blocking=frees, user=self._charged(ctx))
             else:
                 await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
-                               attr.st_size, caller)
+                               attr.st_size, caller, blocking=True, user=self._charged(ctx))
         if fields.update_atime or fields.update_mtime:
             await self._io(
                 subtree, backing.utimens, (self.inodes.fd(node),),
                 attr.st_atime_ns if fields.update_atime else None,
                 attr.st_mtime_ns if fields.update_mtime else None,
-                caller if isinstance(caller, SquashedRoot) else Caller(0, 0, caller.pid),
+                time_caller,
             )
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
@@ -182,7 +211,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
                               mode, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -191,7 +220,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         if self.ctx.config.access.deny_special_files:
             backing.refuse_special(mode)
         made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
@@ -202,7 +231,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
                               target, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
@@ -211,7 +240,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
-        parent, caller = self._parent_for_change(new_parent_inode, new_name, ctx)
+        parent, caller = await self._parent_for_change(new_parent_inode, new_name, ctx)
         if ctlfiles.is_control(inode):
             raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
@@ -225,7 +254,7 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
                             caller)
         if st.st_nlink <= 1:
@@ -233,12 +262,18 @@ class Ops(XattrOps, RangeOps):
             # forget, so the space comes back when the last open file closes, as natively.
             gone = self.inodes.find(parent.subtree, st.st_dev, st.st_ino)
             if gone is not None:
+                # Closing the last reference of a large file frees its blocks, which can
+                # take seconds: keep a reference and drop it in a worker (offload.py).
+                large = st.st_blocks > LARGE_BLOCKS and gone.fd >= 0 and not gone.pins
+                keep = os.dup(gone.fd) if large else -1
                 self.inodes.release_fd(gone)
+                if keep >= 0:
+                    await self.offloader.close(parent.subtree, (keep,))
 
     @override
     @fuse_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
 
     @override
@@ -246,8 +281,8 @@ class Ops(XattrOps, RangeOps):
     async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
                      parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
                      ctx: RequestContext) -> None:
-        old_parent, caller = self._parent_for_change(parent_inode_old, name_old, ctx)
-        new_parent, _ = self._parent_for_change(parent_inode_new, name_new, ctx)
+        old_parent, caller = await self._parent_for_change(parent_inode_old, name_old, ctx)
+        new_parent, _ = await self._parent_for_change(parent_inode_new, name_new, ctx)
         if old_parent.subtree is not new_parent.subtree:
             raise OSError(errno.EXDEV, "rename between subtrees")
         if flags & syscalls.RENAME_WHITEOUT and (
@@ -267,10 +302,15 @@ class Ops(XattrOps, RangeOps):
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
                              new_names=True)
-        self.handles.check_room()
-        fd = await self._io(node.subtree, backing.reopen, (self.inodes.fd(node),), flags, caller,
-                            new_fds=the_fd)
-        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller)
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        path_fd = self.inodes.fd(node)
+        frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
+        fd = await self.offloader.open(
+            node.subtree, backing.reopen, (path_fd,), flags, caller, new_fds=the_fd,
+            opened=_opened_by_reopen, blocking=frees, user=user)
+        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller, user,
+                                       sync=bool(flags & _SYNC_FLAGS))
         # keep_cache: pages stay valid across opens; the kernel drops them itself when it
         # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
         # go through the same page cache.
@@ -280,20 +320,23 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        parent, caller = self._parent_for_change(parent_inode, name, ctx)
+        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         if self.ctx.config.access.deny_special_files:
             backing.refuse_setid_on_file(mode, stat.S_IFREG)
-        self.handles.check_room()
-        fd, path_fd, st = await self._io(parent.subtree, backing.create, (self.inodes.fd(parent),),
-                                         name, flags, mode, caller, new_fds=two_fds)
+        user = self._charged(ctx)
+        self.handles.check_room(user)
+        fd, path_fd, st = await self.offloader.open(
+            parent.subtree, _create, (self.inodes.fd(parent),), flags, name, mode, caller,
+            new_fds=two_fds, opened=_opened_by_create, user=user)
         try:
-            self.handles.check_room()  # an offloaded call awaits: other opens may have come
+            self.handles.check_room(user)  # a call that awaited: other opens may have come
         except OSError:
             os.close(fd)
             os.close(path_fd)
             raise
         node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
-        handle = self.handles.add_file(node, fd, True, caller)
+        handle = self.handles.add_file(node, fd, True, caller, user,
+                                       sync=bool(flags & _SYNC_FLAGS))
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
     @override
@@ -302,7 +345,8 @@ class Ops(XattrOps, RangeOps):
         if ctlfiles.is_control_fh(self.handles.get(fh)):
             return self.control.read(fh, off, size)
         handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, os.pread, (handle.fd,), size, off)
+        return await self.offloader.read(handle.node.subtree, handle.fd, size, off,
+                                         self.handles.user_of(fh))
 
     @override
     @fuse_handler
@@ -312,7 +356,8 @@ class Ops(XattrOps, RangeOps):
             return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
         return await self._io(handle.node.subtree, backing.write, (handle.fd,), buf, off,
-                              handle.caller)
+                              handle.caller, blocking=handle.sync,
+                              user=self.handles.user_of(fh))
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -324,7 +369,9 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def release(self, fh: FileHandleT) -> None:
-        self.handles.release(fh)
+        later = self.handles.release(fh)
+        if later is not None:
+            await self.offloader.close(*later)
         self.ctx.reap()
 
     @override
@@ -334,7 +381,8 @@ class Ops(XattrOps, RangeOps):
             return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         sync = os.fdatasync if datasync else os.fsync
-        await self._io(handle.node.subtree, sync, (handle.fd,))
+        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True,
+                       user=self.handles.user_of(fh))
 
     # --- directories ------------------------------------------------------------------------
 
@@ -345,10 +393,11 @@ class Ops(XattrOps, RangeOps):
             return self.control.opendir(inode, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, groups=True, new_names=True)
-        self.handles.check_room()
+        user = self._charged(ctx)
+        self.handles.check_room(user)
         fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
                             new_fds=the_fd)
-        return FileHandleT(self.handles.add_dir(node, fd, caller).fh)
+        return FileHandleT(self.handles.add_dir(node, fd, caller, user).fh)
 
     @override
     @fuse_handler
@@ -436,5 +485,6 @@ class Ops(XattrOps, RangeOps):
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
-            await self._io(handle.node.subtree, os.fsync, (handle.fd,))
+            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True,
+                           user=self.handles.user_of(fh))
 

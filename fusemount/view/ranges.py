@@ -79,8 +79,9 @@ class RangeOps(OpsBase):
         handle = self._open_file(fh, errno.EOPNOTSUPP)
         caller = self._enter(ctx, handle.node, write=True)
         try:
+            # May allocate or zero gigabytes: a worker, so only its own waiters wait.
             await self._io(handle.node.subtree, backing.fallocate, (handle.fd,), mode, off,
-                           length, caller)
+                           length, caller, blocking=True, user=self._charged(ctx))
         except OSError as exc:
             raise _not_enosys(exc) from None
 
@@ -105,6 +106,7 @@ class RangeOps(OpsBase):
         caller = self._enter(ctx, dst.node, write=True)
         try:
             return await self._io(dst.node.subtree, backing.copy_range, (src.fd, dst.fd),
-                                  off_in, off_out, length, flags, caller)
+                                  off_in, off_out, length, flags, caller, blocking=True,
+                                  user=self._charged(ctx))
         except OSError as exc:
             raise _not_enosys(exc) from None

@@ -26,7 +26,8 @@ from fusemount.view.gate import OpsBase, SquashedRoot
 from fusemount.view.inodes import Node
 
 _PRIVATE_XATTR_NS = (b"trusted.", b"security.")
-_ACL_NAMES = (b"system.posix_acl_access", b"system.posix_acl_default")
+ACL_ACCESS = b"system.posix_acl_access"
+_ACL_NAMES = (ACL_ACCESS, b"system.posix_acl_default")
 
 
 def _reader(caller: Caller) -> Caller:
@@ -43,9 +44,26 @@ class XattrOps(OpsBase):
         node = self._node(inode)
         return node, self._enter(ctx, node, write=write, groups=write)
 
+    def _refuse_gate_acl(self, inode: int, name: bytes) -> None:
+        if name in _ACL_NAMES and not ctlfiles.is_control(inode) and self._is_gate(
+                self._node(inode)):
+            raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
+
+    def _gate_acl(self, node: Node) -> bytes | None:
+        return self.ctx.gate(node.subtree).acl
+
     @override
     @fuse_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
+        if name == ACL_ACCESS and not ctlfiles.is_control(inode):
+            node = self._node(inode)
+            if self._is_gate(node):
+                # Asked by the kernel to decide whether *this* caller may pass, outsiders
+                # included: the gate is not secret, and answering lets the kernel cache it.
+                acl = self._gate_acl(node)
+                if acl is None:
+                    raise OSError(pyfuse3.ENOATTR, "the gate's mode says it all")
+                return acl
         node, caller = self._xattr_node(inode, ctx, False)
         if caller.uid != 0 and name.startswith(b"trusted."):
             raise OSError(pyfuse3.ENOATTR, "hidden namespace")
@@ -69,12 +87,17 @@ class XattrOps(OpsBase):
                                _reader(caller))
         if caller.uid != 0:
             names = [n for n in names if not n.startswith(b"trusted.")]
+        if self._is_gate(node):
+            names = [n for n in names if n != ACL_ACCESS]
+            if self._gate_acl(node) is not None:
+                names.append(ACL_ACCESS)
         return [XAttrNameT(n) for n in names]
 
     @override
     @fuse_handler
     async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
                        ctx: RequestContext) -> None:
+        self._refuse_gate_acl(inode, name)
         node, caller = self._xattr_node(inode, ctx, True)
         # The daemon keeps CAP_SYS_ADMIN even with a borrowed fsuid, so these namespaces
         # would be writable by anyone through the view: only root may touch them.
@@ -86,6 +109,7 @@ class XattrOps(OpsBase):
     @override
     @fuse_handler
     async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
+        self._refuse_gate_acl(inode, name)
         node, caller = self._xattr_node(inode, ctx, True)
         if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
             raise OSError(errno.EPERM, "namespace reserved to root")

@@ -6,7 +6,9 @@ the same request succeed. (max_command_bytes is covered in test_protocol.py.)
 from __future__ import annotations
 
 import errno
+import json
 import os
+import subprocess
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -15,8 +17,8 @@ import pytest
 from tests.control.conftest import SourceFactory
 from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
-from tests.support.daemon import ViewFactory
-from tests.support.users import Users
+from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.users import SYSTEM_PYTHON, User, Users
 
 
 @pytest.mark.timeout(60)
@@ -130,3 +132,105 @@ def test_max_open_files_is_enfile_until_one_is_closed(
     with ExitStack() as stack:
         for i in range(limit):
             stack.enter_context(open(data / f"f{i}", "rb"))
+
+
+# Run as a user: open each path (a directory too), say what each open gave, hold them all
+# until told, then exit.
+_OPENER = r'''
+import errno, json, os, sys
+held, out = [], []
+for path in sys.argv[1:]:
+    try:
+        held.append(os.open(path, os.O_RDONLY))
+        out.append(0)
+    except OSError as exc:
+        out.append(errno.errorcode.get(exc.errno, str(exc.errno)))
+print(json.dumps(out), flush=True)
+sys.stdin.readline()
+'''
+
+
+class _Opener:
+    """A process of user that holds open files of the view until closed."""
+
+    def __init__(self, user: User, paths: list[Path]) -> None:
+        command = ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups",
+                   "--", SYSTEM_PYTHON, "-I", "-c", _OPENER, *map(str, paths)]
+        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            assert self.proc.stderr is not None
+            pytest.fail(f"opener as {user.name} failed: {self.proc.stderr.read()}")
+        self.results: list[object] = json.loads(line)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write("\n")
+            self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+def _opens(user: User, paths: list[Path]) -> list[object]:
+    """What each open gives user (all held at once, then closed)."""
+    opener = _Opener(user, paths)
+    opener.close()
+    return opener.results
+
+
+def _shared(view: ViewHandle, source: Path, users: Users, count: int) -> list[Path]:
+    for i in range(count):
+        (source / f"f{i}").write_text(str(i))
+    view.ok(f"attach data {source} allow=@{users.team.name}:ro,{users.carol.name}:ro")
+    return [view.path / "data" / f"f{i}" for i in range(count)]
+
+
+@pytest.mark.timeout(60)
+def test_max_open_files_per_user_is_emfile_for_that_user_only(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    limit = 5
+    view = view_factory(f"[limits]\nmax_open_files_per_user = {limit}\n")
+    files = _shared(view, source, users, limit + 3)
+    # Files and directories both count.
+    alice = _Opener(users.alice, [view.path / "data", *files[: limit + 1]])
+    try:
+        assert alice.results == [0] * limit + ["EMFILE", "EMFILE"]
+        # Everyone else keeps their own allowance, root is not capped per user.
+        assert _opens(users.bob, files[:limit + 1]) == [0] * limit + ["EMFILE"]
+        with ExitStack() as stack:
+            for path in files:
+                stack.enter_context(open(path, "rb"))
+    finally:
+        alice.close()
+    # Closed: alice's full allowance is back.
+    assert _opens(users.alice, files[:limit]) == [0] * limit
+
+
+@pytest.mark.timeout(60)
+def test_a_flood_of_non_admins_leaves_the_admins_room_to_open(
+    view_factory: ViewFactory, source: Path, users: Users
+) -> None:
+    # 16 slots, 2 kept for admins (an eighth), 6 per non-admin user.
+    view = view_factory(f'[access]\nadmins = ["root", "@{users.admins.name}"]\n'
+                        "[limits]\nmax_open_files = 16\nmax_open_files_per_user = 6\n")
+    files = _shared(view, source, users, 8)
+    openers = []
+    try:
+        openers.append(_Opener(users.alice, files[:6]))
+        openers.append(_Opener(users.bob, files[:6]))
+        openers.append(_Opener(users.carol, files[:6]))
+        assert [o.results for o in openers] == [[0] * 6, [0] * 6, [0, 0, "ENFILE", "ENFILE",
+                                                                   "ENFILE", "ENFILE"]]
+        # 14 taken by non-admins: an admin by group and root still open files.
+        assert _opens(users.dave, files[:1]) == [0]
+        with open(files[0], "rb"), open(files[1], "rb"):
+            # Now the table is full for everyone, admins included.
+            with pytest.raises(OSError) as full:
+                open(files[2], "rb").close()
+            assert full.value.errno == errno.ENFILE
+    finally:
+        for opener in openers:
+            opener.close()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ViewHandle
+from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.mounts import daemon_fds_on, mountinfo_devs, statvfs_flags_of_mount
 
 MIB = 1 << 20
@@ -58,7 +58,9 @@ def _errno_of_writing(path: Path, total: int) -> int:
 def test_mount_tmpfs_file_io_works_through_the_view(view: ViewHandle) -> None:
     view.ok("mount t1 tmpfs none options=size=8m,mode=0755")
     root = view.path / "t1"
-    assert os.stat(root).st_mode & 0o7777 == 0o755
+    # VIEW/t1 presents its gate (SPEC 5, default mode): root's, no grants, so 0700; the
+    # tmpfs root's own mode shows under hidden names (next test).
+    assert os.stat(root).st_mode & 0o7777 == 0o700
     (root / "dir").mkdir()
     (root / "dir" / "f.txt").write_bytes(b"hello tmpfs\n")
     assert (root / "dir" / "f.txt").read_bytes() == b"hello tmpfs\n"
@@ -73,6 +75,13 @@ def test_mount_tmpfs_file_io_works_through_the_view(view: ViewHandle) -> None:
     assert record["state"] == "attached"
     view.ok("detach t1")
     assert not root.exists()
+
+
+@pytest.mark.timeout(60)
+def test_mount_tmpfs_mode_option_shows_under_hidden_names(view_factory: ViewFactory) -> None:
+    view = view_factory("[access]\nhide_names = true\n")
+    view.ok("mount t1 tmpfs none options=size=8m,mode=0751")
+    assert os.stat(view.path / "t1").st_mode & 0o7777 == 0o751
 
 
 def _wait_free_bytes(pid: int, dev: int, wanted: int, timeout_s: float = 10.0) -> int:
@@ -204,7 +213,7 @@ def test_mount_tmpfs_is_created_again_on_restart(view: ViewHandle) -> None:
     root = view.path / "t1"
     # A fresh tmpfs: the old one went with the old daemon.
     assert os.listdir(root) == []
-    assert os.stat(root).st_mode & 0o7777 == 0o755
+    assert os.stat(root).st_mode & 0o7777 == 0o700  # its gate (SPEC 5): root's, no grants
     (root / "after").write_bytes(b"y")
     assert (root / "after").read_bytes() == b"y"
     view.ok("detach t1")

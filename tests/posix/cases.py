@@ -1682,7 +1682,7 @@ def setid_bits_as_natively(d: Path) -> JSON:
     "mkdir": "EACCES", "create": "EACCES", "symlink": "EACCES", "mkfifo": "EACCES",
     "link": "EACCES", "rename_subtree": "EACCES", "rename_into_root": "EACCES",
     "rename_out_of_root": "EACCES", "rmdir_subtree": "EACCES", "rmdir_control": "EACCES",
-    "exchange": "EACCES", "root": {"kind": "dir", "perm": "0o755", "uid": 0, "gid": 0},
+    "exchange": "EACCES", "root": {"kind": "dir", "perm": "0o705", "uid": 0, "gid": 0},
     "unchanged": True,
 })
 def view_root_is_immutable(d: Path) -> JSON:

@@ -27,9 +27,18 @@ def _show(summary: JSON) -> str:
     return json.dumps(summary, indent=1, sort_keys=True)
 
 
+# Cases that look at the case directory itself, VIEW/NAME: in gate mode it shows the gate.
+ROOT_ATTRIBUTE_CASES = frozenset({
+    "mkdir_and_errors", "rename_directories", "rmdir_and_errors", "stat_regular_file",
+    "subtree_root_attributes",
+})
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_case_matches_native(name: str, pair: Pair) -> None:
+def test_case_matches_native(name: str, pair: Pair, posix_mode: str) -> None:
+    if posix_mode == "gate" and name in ROOT_ATTRIBUTE_CASES:
+        pytest.skip("inspects VIEW/NAME itself, which shows its gate (SPEC 5)")
     native = CASES[name](pair.native)
     viewed = CASES[name](pair.view_dir)
     assert viewed == native, f"{name}: view differs from native\nnative: {_show(native)}\n" \

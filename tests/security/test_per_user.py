@@ -1,5 +1,7 @@
 """Per-user attacks on subtree access (SPEC 5), with real users and the kernel's caches warm.
 
+Each test runs in both SPEC 5 modes: the gate (default; an outsider may stat VIEW/NAME and
+is refused by the kernel past it) and hidden names (the name looks missing).
 Every backing file here is world-readable (and, where a write is tried, world-writable and
 owned by the attacker), so the native permissions never stand in the way: whatever refuses
 an outsider or a read-only grantee can only be the daemon's policy. Outsiders: carol (no grant)
@@ -16,7 +18,7 @@ from types import TracebackType
 
 import pytest
 
-from tests.support.daemon import ViewHandle
+from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.escape import LAYOUT_DIRS, LAYOUT_FILES, Trees, snapshot
 from tests.support.users import PRELUDE, SYSTEM_PYTHON, User, Users, py_as
 
@@ -67,8 +69,28 @@ def _probe(user: User, view: ViewHandle, name: str) -> dict[str, object]:
     return got
 
 
-def _assert_shut_out(got: dict[str, object], name: str) -> None:
+# Views started in gate mode (SPEC 5 default): there, anyone may stat VIEW/NAME itself (the
+# gate), and nothing more.
+_GATED: set[Path] = set()
+_GATE_ITSELF = ("stat ", "lstat ", "access ")
+
+
+@pytest.fixture(params=["gate", "hidden"])
+def view(request: pytest.FixtureRequest, view_factory: ViewFactory) -> ViewHandle:
+    """Every attack runs against both SPEC 5 modes: the gate and hidden names."""
+    if request.param == "hidden":
+        return view_factory("[access]\nhide_names = true\n")
+    handle = view_factory()
+    _GATED.add(handle.path)
+    return handle
+
+
+def _assert_shut_out(got: dict[str, object], name: str, view: ViewHandle,
+                     attached: bool = True) -> None:
     listings = {what: got.pop(what) for what in ("ls view", "mounts", "mounts.json")}
+    if view.path in _GATED and attached:
+        gate = {what: got.pop(what) for what in _GATE_ITSELF}
+        assert gate == dict.fromkeys(_GATE_ITSELF, 0), gate
     leaks = {what: code for what, code in got.items() if code not in DENIED}
     assert not leaks, f"reached {name} (0 is success): {leaks}"
     assert listings["ls view"] == [".fusemount"], listings
@@ -87,6 +109,8 @@ def team_view(view: ViewHandle, trees: Trees, users: Users) -> ViewHandle:
 def test_outsider_guessing_subtree_names_gets_enoent_and_sees_no_trace(
     team_view: ViewHandle, users: Users
 ) -> None:
+    if team_view.path in _GATED:
+        pytest.skip("hidden names only: in gate mode the name is unlisted, not secret")
     v = str(team_view.path)
     got = py_as(users.carol, f"""
 v = {v!r}
@@ -120,7 +144,7 @@ def test_outsider_cannot_reach_subtree_after_allowed_users_warmed_every_cache(
     assert snapshot(team_view.path / "hidden") == snapshot(trees.source)
     # At once, two outsiders try every way in.
     for outsider in (users.carol, users.dave):
-        _assert_shut_out(_probe(outsider, team_view, "hidden"), "hidden")
+        _assert_shut_out(_probe(outsider, team_view, "hidden"), "hidden", team_view)
     # And the allowed member still gets in afterwards.
     assert _probe(users.bob, team_view, "hidden")["read sub/deep/file"] == 0
 
@@ -250,7 +274,7 @@ def test_revoked_grant_takes_effect_at_once_for_process_with_cwd_inside(
     assert isinstance(after, dict)
     leaks = {what: code for what, code in after.items() if code not in DENIED}
     assert not leaks, f"a revoked grant still works: {leaks}"
-    _assert_shut_out(_probe(users.alice, view, "shared"), "shared")
+    _assert_shut_out(_probe(users.alice, view, "shared"), "shared", view)
 
 
 @pytest.mark.timeout(60)
@@ -259,7 +283,7 @@ def test_revoked_group_grant_takes_effect_at_once_after_warm_walk(
 ) -> None:
     assert _probe(users.bob, team_view, "hidden")["read sub/deep/file"] == 0
     team_view.ok(f"set hidden allow={users.alice.name}:ro")
-    _assert_shut_out(_probe(users.bob, team_view, "hidden"), "hidden")
+    _assert_shut_out(_probe(users.bob, team_view, "hidden"), "hidden", team_view)
     assert _probe(users.alice, team_view, "hidden")["read sub/deep/file"] == 0
 
 
@@ -279,7 +303,7 @@ def test_detached_subtree_is_gone_at_once_for_everyone(
     leaks = {what: code for what, code in after.items() if code not in DENIED | {"ESTALE"}}
     assert not leaks, f"a detached subtree still answers: {leaks}"
     for user in (users.alice, users.bob):
-        _assert_shut_out(_probe(user, team_view, "hidden"), "hidden")
+        _assert_shut_out(_probe(user, team_view, "hidden"), "hidden", team_view, False)
     assert not (team_view.path / "hidden").exists()
     assert not os.path.lexists(team_view.path / "hidden" / "sub" / "deep" / "file")
     assert os.listdir(team_view.path) == [".fusemount"]

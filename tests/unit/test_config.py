@@ -39,12 +39,14 @@ fstypes = ["ext4", "xfs", "fuse.sshfs"]
 require_mountpoint = true
 mount_fstypes = ["tmpfs"]
 deny_special_files = true
+hide_names = true
 
 [limits]
 max_subtrees = 200
 max_subtrees_per_user = 3
 max_holders = 10
 max_open_files = 16384
+max_open_files_per_user = 100
 max_command_bytes = 64
 max_cached_fds = 64
 request_timeout_s = 5
@@ -54,7 +56,7 @@ entry_timeout = 0
 attr_timeout = 0.25
 
 [performance]
-busy_poll = false
+busy_poll = true
 
 [log]
 audit = "/var/log/fusemount/audit.jsonl"
@@ -72,18 +74,20 @@ def test_parse_config_full_file_gives_expected_records() -> None:
             require_mountpoint=True,
             mount_fstypes=("tmpfs",),
             deny_special_files=True,
+            hide_names=True,
         ),
         limits=Limits(
             max_subtrees=200,
             max_subtrees_per_user=3,
             max_holders=10,
             max_open_files=16384,
+            max_open_files_per_user=100,
             max_command_bytes=64,
             max_cached_fds=64,
             request_timeout_s=5.0,
         ),
         cache=CacheConfig(entry_timeout=0.0, attr_timeout=0.25),
-        performance=PerformanceConfig(busy_poll=False),
+        performance=PerformanceConfig(busy_poll=True),
         log=LogConfig(audit="/var/log/fusemount/audit.jsonl"),
     )
 
@@ -177,6 +181,9 @@ BAD: list[tuple[str, str]] = [
     ("[limits]\nmax_holders = 0\n", "limits.max_holders: expected an integer from 1"),
     ("[limits]\nmax_open_files = 16385\n", "limits.max_open_files: expected an integer from 1"),
     ("[limits]\nmax_open_files = 0\n", "limits.max_open_files: expected an integer from 1"),
+    ("[limits]\nmax_open_files_per_user = 0\n", "limits.max_open_files_per_user: expected an "
+     "integer from 1"),
+    ("[limits]\nmax_open_files_per_user = 16385\n", "limits.max_open_files_per_user: expected"),
     ("[limits]\nmax_command_bytes = 63\n", "limits.max_command_bytes: expected an integer from 64"),
     ("[limits]\nmax_command_bytes = 1048577\n", "limits.max_command_bytes: expected"),
     ("[limits]\nmax_cached_fds = 63\n", "limits.max_cached_fds: expected an integer from 64"),
