@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyfuse3
 from pyfuse3 import (
@@ -31,12 +31,12 @@ from fusemount.core.mounts import MountRecord
 from fusemount.core.records import Access, Caller, State
 from fusemount.host import principals
 from fusemount.view.attrs import synthetic
+from fusemount.view.context import ViewContext
 from fusemount.view.handles import ControlHandle, Handle
 from fusemount.view.live import LiveSubtree
 
-if TYPE_CHECKING:
-    from fusemount.control.commands import Controller
-    from fusemount.view.context import ViewContext
+# A ctl write: (opener, command) -> (0 or errno, reply line). Controller.execute.
+Execute = Callable[[Caller, bytes], Awaitable[tuple[int, bytes]]]
 
 ROOT_INO = pyfuse3.ROOT_INODE
 CTL_DIR_INO = 2
@@ -96,12 +96,15 @@ def _escape(text: str) -> str:
 
 
 class ControlFiles:
-    def __init__(self, ctx: ViewContext) -> None:
+    def __init__(self, ctx: ViewContext, io: Callable[..., Awaitable[Any]],
+                 execute: Execute | None = None,
+                 render_metrics: Callable[[], str] = lambda: "") -> None:
         self.ctx = ctx
-        self.render_metrics: Callable[[], str] = lambda: ""
-        self.controller: Controller | None = None
-        # How a subtree root is stat'ed: Ops._io, so a stalled source cannot stall the root.
-        self.io: Callable[..., Awaitable[Any]] | None = None
+        # How a subtree root is stat'ed: Offloader.run, so a stalled source cannot stall
+        # the root.
+        self.io = io
+        self.execute = execute  # None: ctl is not writable (a view without control)
+        self.render_metrics = render_metrics
 
     # --- attributes -------------------------------------------------------------------------
 
@@ -133,8 +136,6 @@ class ControlFiles:
         raise OSError(errno.ENOENT, "no such control file")
 
     async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
-        if self.io is None:
-            return os.fstat(fd)
         result: os.stat_result = await self.io(subtree, os.fstat, (fd,))
         return result
 
@@ -250,9 +251,9 @@ class ControlFiles:
         return handle.content[off : off + size]
 
     async def write(self, handle: ControlHandle, data: bytes) -> int:
-        if handle.ino != CTL_INO or self.controller is None:
+        if handle.ino != CTL_INO or self.execute is None:
             raise OSError(errno.EBADF, "not writable")
-        code, reply = await self.controller.execute(handle.caller, data)
+        code, reply = await self.execute(handle.caller, data)
         handle.content = reply
         handle.cursor = 0
         if code:

@@ -115,7 +115,7 @@ class Ops(XattrOps, RangeOps):
                     self.inodes.forget(ino, nlookup)
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, nlookup)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler
@@ -372,7 +372,7 @@ class Ops(XattrOps, RangeOps):
         later = self.handles.release(fh)
         if later is not None:
             await self.offloader.close(*later)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler
@@ -478,7 +478,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def releasedir(self, fh: FileHandleT) -> None:
         self.handles.release(fh)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler
