@@ -477,6 +477,7 @@ async def _run(service: _Service, latency: CpuLatencyRequest) -> None:
             if code:
                 log.warning("demo subtree not attached: %s", reply.decode().strip())
         await declared.reconcile(controller, ctx.config.subtrees)
+        log.info("ready: %d subtrees attached", len(ctx.live))
         _notify(opts.notify_fd, "ready")
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(ctx.live)} subtrees\nMAINPID={os.getpid()}")
 
