@@ -33,7 +33,7 @@ from fusemount.core.policy import Rules
 from fusemount.core.records import Caller, Config
 from fusemount.core.subtrees import SubtreeTable
 from fusemount.daemon import sdnotify
-from fusemount.daemon.busypoll import ENGAGE_COUNT, BusyPoll
+from fusemount.daemon.busypoll import BusyPoll
 from fusemount.daemon.metrics import Metrics
 from fusemount.host import daemonfiles, principals, sources
 from fusemount.host.cpulatency import CpuLatencyRequest
@@ -49,6 +49,7 @@ from fusemount.view.ops import Ops
 from fusemount.view.registry import Registry
 
 log = logging.getLogger("fusemount")
+ops_log = logging.getLogger("fusemount.ops")  # the per-request debug lines, as before
 
 RUN_DIR = daemonfiles.RUN_DIR
 MNT_DETACH = 2
@@ -296,6 +297,24 @@ def _open_audit(path: str) -> AuditLog:
         raise ServeError(f"audit log {path}: {exc.strerror or exc}") from None
 
 
+class _Requests:
+    """The view's request observer (errors.RequestObserver): every answered request is
+    timed for the metrics, counted for busy_poll and, with --debug, logged."""
+
+    def __init__(self, metrics: Metrics, busy: BusyPoll | None, debug: bool) -> None:
+        self.metrics = metrics
+        self.busy = busy
+        self.debug = debug
+
+    def observe(self, op: str, seconds: float, errno_: int, args: tuple[object, ...]) -> None:
+        if self.busy is not None:
+            self.busy.answered()
+        self.metrics.observe(op, seconds, errno_)
+        if self.debug:
+            ops_log.debug("%s(%s) -> %s", op, view_errors.show(args),
+                          errno.errorcode.get(errno_, "ok"))
+
+
 @dataclass(eq=False)
 class _Service:
     """What a running daemon needs to reload itself on SIGHUP (issue 15 item 3)."""
@@ -307,6 +326,7 @@ class _Service:
     ops: Ops
     daemon_log: DaemonLog
     early: _EarlySignals
+    busy: BusyPoll | None  # [performance] busy_poll, read at start only
 
     async def reload(self) -> None:
         """Reopen log files, then apply the config file again where it can change live.
@@ -401,9 +421,9 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
                                           config.limits.max_open_files_per_user),
                       view_guard=guard)
     metrics = Metrics()
-    view_errors.sink.observer = metrics
-    view_errors.sink.debug = opts.debug
     latency = CpuLatencyRequest()
+    busy = BusyPoll(latency) if config.performance.busy_poll else None
+    requests = _Requests(metrics, busy, opts.debug)
     _gauges(metrics, ctx)
     metrics.set_process_info(view=view, config=opts.config_path, state=store.path)
     metrics.set_gauge_source("fusemount_busy_poll",
@@ -420,13 +440,13 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
 
     offloader = Offloader(config.limits.request_timeout_s)
     control = ControlFiles(ctx, offloader.run, controller.execute, metrics.render)
-    ops = Ops(ctx, registry, control, offloader)
+    ops = Ops(ctx, registry, control, offloader, requests)
     options = set(pyfuse3.default_options)
     options |= {f"fsname={_fuse_option_value(opts.fsname)}", "subtype=fusemount",
                 "allow_other", "nosuid", "nodev", "default_permissions"}
     if opts.debug:
         options.add("debug")
-    service = _Service(opts, ctx, registry, controller, ops, daemon_log, early)
+    service = _Service(opts, ctx, registry, controller, ops, daemon_log, early, busy)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon_log.close)
         stack.callback(lambda: controller.audit.close())
@@ -441,7 +461,7 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
         ctx.mounted = True
         guard.mounted()
         log.info("serving %s with %d subtrees", view, len(ctx.table))
-        trio.run(_run, service, latency)
+        trio.run(_run, service)
         log.info("stopped cleanly")
     return 0
 
@@ -458,18 +478,15 @@ def _unmount() -> None:
         log.exception("unmount failed")
 
 
-async def _run(service: _Service, latency: CpuLatencyRequest) -> None:
+async def _run(service: _Service) -> None:
     ctx, controller, opts = service.ctx, service.controller, service.opts
     async with trio.open_nursery() as nursery:
         # Installed before READY=1 and before --background's parent returns (issue 15).
         await nursery.start(_signals, service)
         nursery.start_soon(_housekeeping, service)
         nursery.start_soon(_expiry, service)
-        if ctx.config.performance.busy_poll:
-            busy = BusyPoll(latency, lambda: view_errors.sink.requests)
-            view_errors.sink.on_burst = busy.on_burst
-            view_errors.sink.burst_every = ENGAGE_COUNT
-            nursery.start_soon(busy.run)
+        if service.busy is not None:
+            nursery.start_soon(service.busy.run)
         nursery.start_soon(_fuse_main, nursery.cancel_scope)
         if opts.demo and ctx.table.get("demo") is None:
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),

@@ -13,7 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pyfuse3
 from pyfuse3 import (
@@ -163,6 +163,10 @@ class ControlFiles:
 
     def forget(self, ino: int, nlookup: int) -> None:
         """Control inodes are static: the kernel may forget them, nothing to release."""
+
+    def readlink(self, ino: int) -> NoReturn:
+        """No control object is a symlink: EINVAL, as readlink(2) of any non-symlink."""
+        raise OSError(errno.EINVAL, "not a symbolic link")
 
     def getattr(self, ino: int, ctx: RequestContext) -> EntryAttributes:
         return self._attrs(ino)

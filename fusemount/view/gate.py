@@ -25,6 +25,7 @@ from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
+from fusemount.view.errors import RequestObserver
 from fusemount.view.inodes import Node
 from fusemount.view.offload import Offloader
 from fusemount.view.registry import Registry
@@ -80,10 +81,12 @@ class OpsBase(pyfuse3.Operations):
 
     def __init__(self, ctx: ViewContext, registry: Registry | None = None,
                  control: ctlfiles.ControlFiles | None = None,
-                 offloader: Offloader | None = None) -> None:
+                 offloader: Offloader | None = None,
+                 observer: RequestObserver | None = None) -> None:
         """The daemon passes all collaborators; a test may let the view make its own."""
         super().__init__()
         self.ctx = ctx
+        self.observer = observer  # told of every answered request (errors.fuse_handler)
         self.inodes = ctx.inodes
         self.handles = ctx.handles
         self.callers = ctx.callers

@@ -186,6 +186,8 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        if ctlfiles.is_control(inode):
+            self.control.readlink(inode)
         node = self._node(inode)
         self._enter(ctx, node)
         return FileNameT(await self._io(node.subtree, backing.readlink, (self.inodes.fd(node),)))
