@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import pyfuse3
@@ -48,15 +49,31 @@ VERSION_INO = 7
 _LAST_CONTROL_INO = 999  # dynamic inode numbers start above (inodes.FIRST_DYNAMIC_INO)
 
 CTL_DIR_NAME = b".fusemount"
-_FILES: dict[bytes, tuple[int, int]] = {
-    b"ctl": (CTL_INO, 0o666),
-    b"mounts": (MOUNTS_INO, 0o444),
-    b"mounts.json": (MOUNTS_JSON_INO, 0o444),
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    """One file of `.fusemount/`: everything about it is in this one table."""
+
+    ino: int
+    mode: int
+    # What an open for reading snapshots, for the opener (None: the reply to a command).
+    content: Callable[[ControlFiles, Caller], bytes] | None
+    admins_only: bool = False  # open() refuses others (the mode must let the kernel pass)
+
+
+_FILES: dict[bytes, _File] = {
+    b"ctl": _File(CTL_INO, 0o666, None),
+    b"mounts": _File(MOUNTS_INO, 0o444, lambda files, caller: files.mounts_text(caller).encode()),
+    b"mounts.json": _File(MOUNTS_JSON_INO, 0o444, lambda files, caller: (
+        json.dumps(files.mounts_records(caller), indent=1) + "\n").encode()),
     # 0444 so the kernel lets admins-by-group open it; open() itself refuses non-admins.
-    b"metrics": (METRICS_INO, 0o444),
-    b"version": (VERSION_INO, 0o444),
+    b"metrics": _File(METRICS_INO, 0o444, lambda files, caller: files.render_metrics().encode(),
+                      admins_only=True),
+    b"version": _File(VERSION_INO, 0o444, lambda files, caller: (
+        f"fusemount {__version__}\n".encode())),
 }
-_MODES = {ino: mode for ino, mode in _FILES.values()}
+_BY_INO = {file.ino: file for file in _FILES.values()}
 _STATIC_TIMEOUT = 60.0
 
 
@@ -104,7 +121,7 @@ class ControlFiles:
         # the root.
         self.io = io
         self.execute = execute  # None: ctl is not writable (a view without control)
-        self.render_metrics = render_metrics
+        self.render_metrics: Callable[[], str] = render_metrics
 
     # --- attributes -------------------------------------------------------------------------
 
@@ -122,8 +139,9 @@ class ControlFiles:
             return synthetic(ino, stat.S_IFDIR | 0o705, 2, t, self.ctx.config.cache.attr_timeout)
         if ino == CTL_DIR_INO:
             return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
-        if ino in _MODES:
-            return synthetic(ino, stat.S_IFREG | _MODES[ino], 1, t, _STATIC_TIMEOUT)
+        file = _BY_INO.get(ino)
+        if file is not None:
+            return synthetic(ino, stat.S_IFREG | file.mode, 1, t, _STATIC_TIMEOUT)
         raise OSError(errno.ENOENT, "no such control object")
 
     async def lookup(self, parent: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
@@ -132,7 +150,7 @@ class ControlFiles:
                 return self._attrs(CTL_DIR_INO)
             return await self._lookup_subtree(name, ctx)
         if parent == CTL_DIR_INO and name in _FILES:
-            return self._attrs(_FILES[name][0])
+            return self._attrs(_FILES[name].ino)
         raise OSError(errno.ENOENT, "no such control file")
 
     async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
@@ -193,7 +211,7 @@ class ControlFiles:
             ]
         else:
             handle.entries = [(b".", CTL_DIR_INO), (b"..", ROOT_INO)] + [
-                (name, ino_) for name, (ino_, _) in _FILES.items()]
+                (name, file.ino) for name, file in _FILES.items()]
         return FileHandleT(handle.fh)
 
     async def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
@@ -228,19 +246,14 @@ class ControlFiles:
         # this open file acts for whoever opened it (like any file descriptor capability).
         caller = self.ctx.callers.full(ctx)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writing and ino != CTL_INO:
+        file = _BY_INO.get(ino)
+        if file is None:
+            raise OSError(errno.ENOENT, "no such control file")
+        if writing and file.content is not None:
             raise OSError(errno.EACCES, "read-only control file")
-        if ino == METRICS_INO and not self.ctx.is_admin(caller):
+        if file.admins_only and not self.ctx.is_admin(caller):
             raise OSError(errno.EACCES, "metrics are for admins")
-        content = b""
-        if ino == VERSION_INO:
-            content = f"fusemount {__version__}\n".encode()
-        elif ino == MOUNTS_INO:
-            content = self.mounts_text(caller).encode()
-        elif ino == MOUNTS_JSON_INO:
-            content = (json.dumps(self.mounts_records(caller), indent=1) + "\n").encode()
-        elif ino == METRICS_INO:
-            content = self.render_metrics().encode()
+        content = b"" if file.content is None else file.content(self, caller)
         handle = self.ctx.handles.add_control(ino, caller, content)
         return FileInfo(fh=FileHandleT(handle.fh), direct_io=True, keep_cache=False)
 
