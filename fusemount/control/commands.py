@@ -9,8 +9,10 @@ Commands run one at a time under a trio lock (issue 16 item 3), so a command's c
 hold at its commit although it awaits in between: opening a source (a hung network or FUSE
 path must not freeze the view), saving the state file (two fsyncs) and user-database
 look-ups (NSS may be remote) run in worker threads while the view keeps answering.
-Idle expiry is called without await by the daemon's housekeeping: it skips a second in which
-a command is running (the next tick retries), and still saves on the trio thread.
+Idle expiry runs as a command does: under the lock, saving in a worker.
+
+Control never touches the view's objects: it decides by a Context and publishes through a
+Publisher (control/publisher.py), both passed in by the daemon.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TypeVar
 import trio
 
 from fusemount.control.audit import AuditLog
+from fusemount.control.publisher import Context, Publisher
 from fusemount.control.state import StateError, StateStore
 from fusemount.core import protocol
 from fusemount.core.protocol import Attach, Command, Detach, Hold, Mount, Release, Set
@@ -41,13 +44,11 @@ from fusemount.core.records import (
 from fusemount.core.subtrees import same_source, with_holder, without_holder
 from fusemount.host import principals, sources
 from fusemount.host.sources import OpenedSource
-from fusemount.view.context import ViewContext
-from fusemount.view.live import LiveSubtree
-from fusemount.view.offload import may_stall
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_ROOT = Caller(0, 0, 0)
 
 
 async def _in_thread(call: Callable[[], _T]) -> _T:
@@ -58,14 +59,19 @@ async def _in_thread(call: Callable[[], _T]) -> _T:
 
 
 class Controller:
-    def __init__(self, ctx: ViewContext, state: StateStore, audit: AuditLog,
+    def __init__(self, ctx: Context, view: Publisher, state: StateStore, audit: AuditLog,
                  count: Callable[[str, str], None] = lambda verb, result: None) -> None:
         self.ctx = ctx
+        self.view = view
         self.state = state
         self.audit = audit
         self.count = count
-        self._pending: list[LiveSubtree] = []  # subtrees whose kernel caches must go
         self._lock = trio.Lock()  # one command at a time: checks hold until their commit
+
+    def replace_audit(self, audit: AuditLog) -> None:
+        """SIGHUP moved the audit log: close the old one, write to audit from now on."""
+        self.audit.close()
+        self.audit = audit
 
     # --- entry point ----------------------------------------------------------------------
 
@@ -75,7 +81,7 @@ class Controller:
             return await self._execute(opener, data)
 
     async def _execute(self, opener: Caller, data: bytes) -> tuple[int, bytes]:
-        caller = self.ctx.callers.with_groups(opener)
+        caller = self.ctx.with_groups(opener)
         text = data.decode("utf-8", "backslashreplace").rstrip("\n")
         verb = "?"
         try:
@@ -87,7 +93,7 @@ class Controller:
             self._record(caller, text, verb, code, exc.message, None)
             return code, protocol.render_error(code, exc.message)
         self._record(caller, text, verb, 0, "", changes)
-        await self.flush_pending()
+        await self.view.flush()
         return 0, protocol.render_ok(**fields)
 
     def _record(self, caller: Caller, text: str, verb: str, code: int, message: str,
@@ -126,12 +132,6 @@ class Controller:
         abandoned on cancellation: a save once begun ends before the command does."""
         try:
             await trio.to_thread.run_sync(self.state.save, specs)
-        except (StateError, OSError) as exc:
-            raise _not_written(exc) from None
-
-    def _save_now(self, specs: Sequence[SubtreeSpec]) -> None:
-        try:
-            self.state.save(specs)
         except (StateError, OSError) as exc:
             raise _not_written(exc) from None
 
@@ -189,28 +189,21 @@ class Controller:
         await self._change(spec, with_holder(spec, holder))
         return self._reply_fields(self.ctx.table.require(name)[1], None), {"holder_added": holder}
 
-    def _refresh_live(self, name: str) -> None:
-        live = self.ctx.live.get(name)
-        found = self.ctx.table.get(name)
-        if live is not None and found is not None:
-            live.spec = found[1]
-
-    async def _commit_new(self, spec: SubtreeSpec, opened: OpenedSource) -> LiveSubtree:
-        table = self.ctx.table
+    async def _commit_new(self, spec: SubtreeSpec, opened: OpenedSource) -> None:
         try:
             # A failed entry being re-attached is replaced, the new entry coming last.
             await self._save([*self._specs_without(spec.name), spec])
         except ControlError:
             opened.close()
             raise
+        self._publish_new(spec, opened)
+
+    def _publish_new(self, spec: SubtreeSpec, opened: OpenedSource) -> None:
+        """Commit a new subtree to the table and serve it (a command's or a restart's)."""
+        table = self.ctx.table
         if table.get(spec.name) is not None:
             table.remove(spec.name)
-        sid = table.add(spec)
-        live = LiveSubtree(sid, spec, opened)
-        live.offload = spec.kind is Kind.ATTACH and may_stall(opened.identity.fstype)
-        self.ctx.inodes.add_root(live)
-        self.ctx.live[spec.name] = live
-        return live
+        self.view.publish(table.add(spec), spec, opened)
 
     def _room(self, caller: Caller, name: str, owner: int) -> None:
         found = self.ctx.table.get(name)
@@ -329,20 +322,18 @@ class Controller:
         if cmd.squash_root is not None:
             policy = dataclasses.replace(policy, squash_root=cmd.squash_root)
             changes["squash"] = "root" if cmd.squash_root else "none"
-        live = self.ctx.live.get(cmd.name)
-        if cmd.ro is not None and live is not None and live.source is not None:
+        source = self.view.source(cmd.name)
+        if cmd.ro is not None and source is not None:
             try:
-                sources.set_readonly(live.source, cmd.ro)
+                sources.set_readonly(source, cmd.ro)
             except OSError as exc:
                 raise ControlError(exc.errno or errno.EIO, f"cannot change ro: {exc}") from None
         try:
-            await self._change(spec, dataclasses.replace(spec, policy=policy))
+            await self._change(spec, dataclasses.replace(spec, policy=policy), drop_caches=True)
         except ControlError:
-            if cmd.ro is not None and live is not None and live.source is not None:
-                sources.set_readonly(live.source, spec.policy.ro)
+            if cmd.ro is not None and source is not None:
+                sources.set_readonly(source, spec.policy.ro)
             raise
-        if live is not None:
-            self._pending.append(live)
         return {"name": cmd.name}, changes
 
     async def _detach(self, caller: Caller,
@@ -350,19 +341,20 @@ class Controller:
         self.ctx.rules.require_self_service(caller, "detach")
         _, spec = self.ctx.table.require(cmd.name)
         self._own_or_hidden(caller, spec, "detach")
-        live = self.ctx.live.get(cmd.name)
-        if live is not None and live.open_files and not cmd.force:
-            raise ControlError(errno.EBUSY, f"{cmd.name} has {live.open_files} open files")
+        open_files = self.view.open_files(cmd.name)
+        if open_files and not cmd.force:
+            raise ControlError(errno.EBUSY, f"{cmd.name} has {open_files} open files")
         await self._remove(spec, force=cmd.force)
         return {"name": cmd.name}, {"detached": cmd.name, "force": cmd.force}
 
     # --- state changes --------------------------------------------------------------------
 
-    async def _change(self, old: SubtreeSpec, new: SubtreeSpec) -> None:
+    async def _change(self, old: SubtreeSpec, new: SubtreeSpec, *,
+                      drop_caches: bool = False) -> None:
         assert old.name == new.name
         await self._save(self._specs_replacing(new))
         self.ctx.table.replace(new)
-        self._refresh_live(new.name)
+        self.view.republish(new, drop_caches=drop_caches)
 
     async def _remove(self, spec: SubtreeSpec, *, force: bool) -> None:
         await self._save(self._specs_without(spec.name))
@@ -370,19 +362,7 @@ class Controller:
 
     def _commit_remove(self, name: str) -> None:
         self.ctx.table.remove(name)
-        self.unpublish(name)
-
-    def unpublish(self, name: str) -> None:
-        """Take a removed subtree out of the view: the name vanishes now, the source closes
-        after the last open file (SPEC 4 detach force)."""
-        live = self.ctx.live.pop(name, None)
-        if live is None:
-            return
-        live.detached = True
-        self.ctx.inodes.drop_subtree(live)
-        if live.open_files == 0:
-            live.close()
-        self._pending.append(live)
+        self.view.unpublish(name)  # the source closes after the last open file (SPEC 4)
 
     async def mark_declared(self, name: str) -> None:
         """Remember that the config declares name (issue 15: `[[subtree]]` tables), so that
@@ -401,29 +381,69 @@ class Controller:
             await self._save([*self.ctx.table.specs(), spec])
             self.ctx.table.add(spec)
 
-    def expire(self, name: str) -> None:
+    async def expire(self, name: str, idle: Callable[[], bool] = lambda: True) -> None:
         """Idle expiry (autofs-style): detach with its holders, and say so in the audit log.
-        Skipped while a command runs (its checks must hold until its commit); the daemon's
-        next tick retries."""
-        found = self.ctx.table.get(name)
-        if found is None or self._lock.locked():
-            return
-        _, spec = found
-        try:
-            self._save_now(self._specs_without(name))
-            self._commit_remove(name)
-        except ControlError as exc:
-            log.warning("expiry of %s failed: %s", name, exc.message)
-            return
-        log.info("subtree %s expired after %ss idle", name, spec.expire_s)
-        self.audit.record(uid=0, gid=0, pid=0, command=f"expire {name}", ok=True,
-                          changes={"detached": name, "expired_after_s": spec.expire_s,
-                                   "holders_released": list(spec.holders)})
+        Waits for a running command like any command; idle() is asked again under the lock,
+        since the subtree may have been used or replaced meanwhile."""
+        async with self._lock:
+            found = self.ctx.table.get(name)
+            if found is None or not idle():
+                return
+            _, spec = found
+            try:
+                await self._remove(spec, force=True)
+            except ControlError as exc:
+                log.warning("expiry of %s failed: %s", name, exc.message)
+                return
+            log.info("subtree %s expired after %ss idle", name, spec.expire_s)
+            self.audit.record(uid=0, gid=0, pid=0, command=f"expire {name}", ok=True,
+                              changes={"detached": name, "expired_after_s": spec.expire_s,
+                                       "holders_released": list(spec.holders)})
+            await self.view.flush()
 
-    async def flush_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for subtree in pending:
-            await self.ctx.invalidate(subtree)
+    def restore(self, specs: Sequence[SubtreeSpec]) -> None:
+        """Re-attach every subtree of the state file at start, before the view is mounted,
+        running every check again (SPEC 8). A source whose identity changed, or that fails a
+        check, stays listed as failed."""
+        for spec in specs:
+            if spec.identity is None and spec.state is State.FAILED:
+                # Never attached (a declared subtree whose source failed): nothing to compare;
+                # the config's reconciliation tries it again.
+                self.ctx.table.add(spec)
+                continue
+            try:
+                opened = self._reopen(spec)
+            except (ControlError, OSError) as exc:
+                reason = exc.message if isinstance(exc, ControlError) else str(exc)
+                log.warning("subtree %s not attached: %s", spec.name, reason)
+                self.ctx.table.add(dataclasses.replace(spec, state=State.FAILED, reason=reason))
+                continue
+            self._publish_new(dataclasses.replace(spec, state=State.ATTACHED, reason=""), opened)
+            log.info("subtree %s re-attached from %s", spec.name, spec.source)
+
+    def _reopen(self, spec: SubtreeSpec) -> OpenedSource:
+        guard = self.ctx.view_guard
+        access = self.ctx.config.access
+        if spec.kind is Kind.MOUNT:
+            identity = sources.mount_source_identity(spec.fstype, spec.source,
+                                                     source_roots=access.source_roots,
+                                                     guard=guard)
+            if not same_source(spec.identity, identity):
+                raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
+                                   "(identity changed)")
+            return sources.open_mount_source(spec.fstype, spec.source, spec.options,
+                                             spec.policy.ro, source_roots=access.source_roots,
+                                             guard=guard)
+        owner = principals.login_caller(spec.policy.owner)
+        self_service = not self._is_admin(owner)
+        opened = sources.open_attach_source(
+            spec.source, access, owner if self_service else _ROOT,
+            self_service=self_service and access.self_service, ro=spec.policy.ro, guard=guard)
+        if not same_source(spec.identity, opened.identity):
+            opened.close()
+            raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
+                               "(identity changed)")
+        return opened
 
 
 def _not_written(exc: StateError | OSError) -> ControlError:

@@ -21,6 +21,8 @@ import json
 import logging
 import shlex
 
+import trio
+
 from fusemount.control.commands import Controller
 from fusemount.core import protocol
 from fusemount.core.config import decl_command, decl_set_command
@@ -28,6 +30,7 @@ from fusemount.core.protocol import Attach, Mount
 from fusemount.core.records import (
     Caller,
     ControlError,
+    Grant,
     Kind,
     Policy,
     State,
@@ -50,7 +53,7 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
     for decl in decls:
         found = controller.ctx.table.get(decl.name)
         current = None if found is None else found[1]
-        if current is not None and current.declared and _up_to_date(current, decl):
+        if current is not None and current.declared and await _up_to_date(current, decl):
             continue  # nothing to do: no command, no audit record on every reload
         replaced = current is not None and current.state is State.ATTACHED and not (
             _same_source(current, decl))
@@ -72,8 +75,9 @@ async def reconcile(controller: Controller, decls: tuple[SubtreeDecl, ...]) -> N
 
 
 async def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str) -> None:
+    owner_name = decl.owner or "root"
     try:
-        owner = principals.uid_of(decl.owner or "root")
+        owner = await trio.to_thread.run_sync(principals.uid_of, owner_name)
     except ControlError:
         owner = 0
     spec = SubtreeSpec(
@@ -86,15 +90,21 @@ async def _record_failed(controller: Controller, decl: SubtreeDecl, reason: str)
         log.warning("declared subtree %s: %s", decl.name, exc.message)
 
 
-def _up_to_date(spec: SubtreeSpec, decl: SubtreeDecl) -> bool:
-    """Is spec attached exactly as decl says (source, ro, owner, grants)?"""
+async def _up_to_date(spec: SubtreeSpec, decl: SubtreeDecl) -> bool:
+    """Is spec attached exactly as decl says (source, ro, owner, grants)? The user database
+    is read in a worker (NSS may be remote) while the view serves."""
     if spec.state is not State.ATTACHED or not _same_source(spec, decl):
         return False
     command = protocol.parse(decl_command(decl).encode("utf-8", "surrogateescape"), 1 << 20)
     assert isinstance(command, Attach | Mount), command
+    owner_name, allow = command.owner or "root", command.allow
+
+    def look_up() -> tuple[int, tuple[Grant, ...]]:
+        return (principals.uid_of(owner_name),
+                principals.grants_of(allow) if allow else ())
+
     try:
-        owner = principals.uid_of(command.owner or "root")
-        grants = principals.grants_of(command.allow) if command.allow else ()
+        owner, grants = await trio.to_thread.run_sync(look_up)
     except ControlError:
         return False  # a user that vanished: let the command say so
     policy = spec.policy

@@ -5,8 +5,9 @@ the view answers at least ENGAGE_RATE requests a second and is withdrawn after
 RELEASE_AFTER_S below that rate. An idle view never holds it.
 
 Engaging is driven by the requests themselves, so that a short burst (an `ls -l` of a few
-hundred files takes tens of milliseconds) benefits: every ENGAGE_COUNT requests the
-handler boundary calls on_burst(), which engages if they came fast enough. Releasing is
+hundred files takes tens of milliseconds) benefits: the daemon's request observer calls
+answered() for each request, and every ENGAGE_COUNT of them on_burst() engages if they
+came fast enough. Releasing is
 driven by a timer, since a quiet view has no requests to drive anything.
 """
 
@@ -26,14 +27,22 @@ RELEASE_AFTER_S = 1.0
 
 
 class BusyPoll:
-    def __init__(self, request: CpuLatencyRequest, count: Callable[[], int],
+    def __init__(self, request: CpuLatencyRequest, count: Callable[[], int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        """count: requests answered so far; by default those answered() was told of."""
         self.request = request
-        self.count = count
+        self.answered_total = 0
+        self.count = count or (lambda: self.answered_total)
         self.clock = clock
         self._window_start = clock()
-        self._tick_count = count()
+        self._tick_count = self.count()
         self._quiet_s = 0.0
+
+    def answered(self) -> None:
+        """One more request answered."""
+        self.answered_total += 1
+        if not self.answered_total % ENGAGE_COUNT:
+            self.on_burst()
 
     def on_burst(self) -> None:
         """ENGAGE_COUNT more requests were answered: hold if they came at ENGAGE_RATE."""

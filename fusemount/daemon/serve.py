@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import logging
 import os
-import pwd
 import resource
 import signal
 import stat
@@ -30,27 +30,29 @@ from fusemount.control.commands import Controller
 from fusemount.control.state import StateError, StateStore
 from fusemount.core.config import ConfigError, load_config
 from fusemount.core.policy import Rules
-from fusemount.core.records import Caller, Config, ControlError, Kind, State, SubtreeSpec
-from fusemount.core.subtrees import SubtreeTable, same_source
+from fusemount.core.records import Caller, Config
+from fusemount.core.subtrees import SubtreeTable
 from fusemount.daemon import sdnotify
-from fusemount.daemon.busypoll import ENGAGE_COUNT, BusyPoll
+from fusemount.daemon.busypoll import BusyPoll
 from fusemount.daemon.metrics import Metrics
 from fusemount.host import daemonfiles, principals, sources
 from fusemount.host.cpulatency import CpuLatencyRequest
 from fusemount.host.logsetup import DaemonLog
 from fusemount.view import errors as view_errors
 from fusemount.view.context import ViewContext
+from fusemount.view.ctlfiles import ControlFiles
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
 from fusemount.view.live import LiveSubtree
-from fusemount.view.offload import may_stall
+from fusemount.view.offload import Offloader
 from fusemount.view.ops import Ops
+from fusemount.view.registry import Registry
 
 log = logging.getLogger("fusemount")
+ops_log = logging.getLogger("fusemount.ops")  # the per-request debug lines, as before
 
 RUN_DIR = daemonfiles.RUN_DIR
 MNT_DETACH = 2
-_ROOT = Caller(0, 0, 0)
 
 
 class ServeError(Exception):
@@ -155,69 +157,6 @@ def raise_fd_limit() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard
-
-
-def restore(ctx: ViewContext, specs: list[SubtreeSpec]) -> None:
-    """Re-attach every subtree of the state file, running every check again (SPEC 8).
-
-    A source whose identity changed, or that fails a check, stays listed as failed.
-    """
-    for spec in specs:
-        if spec.identity is None and spec.state is State.FAILED:
-            # Never attached (a declared subtree whose source failed): nothing to compare;
-            # the config's reconciliation tries it again.
-            ctx.table.add(spec)
-            continue
-        try:
-            opened = _reopen(ctx, spec)
-        except (ControlError, OSError) as exc:
-            reason = exc.message if isinstance(exc, ControlError) else str(exc)
-            log.warning("subtree %s not attached: %s", spec.name, reason)
-            ctx.table.add(replace(spec, state=State.FAILED, reason=reason))
-            continue
-        spec = replace(spec, state=State.ATTACHED, reason="")
-        sid = ctx.table.add(spec)
-        live = LiveSubtree(sid, spec, opened)
-        live.offload = spec.kind is Kind.ATTACH and may_stall(opened.identity.fstype)
-        ctx.inodes.add_root(live)
-        ctx.live[spec.name] = live
-        log.info("subtree %s re-attached from %s", spec.name, spec.source)
-
-
-def _login_caller(uid: int) -> Caller:
-    """The owner as a login presents them (primary gid and groups from the user and group
-    databases): a restart has no request to take them from, and the source walk checks
-    search permission as this caller."""
-    try:
-        entry = pwd.getpwuid(uid)
-    except KeyError:
-        return Caller(uid, uid, 0)
-    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}
-    return Caller(uid, entry.pw_gid, 0, groups=groups)
-
-
-def _reopen(ctx: ViewContext, spec: SubtreeSpec) -> sources.OpenedSource:
-    if spec.kind is Kind.MOUNT:
-        roots = ctx.config.access.source_roots
-        identity = sources.mount_source_identity(spec.fstype, spec.source,
-                                                 source_roots=roots, guard=ctx.view_guard)
-        if not same_source(spec.identity, identity):
-            raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
-                               "(identity changed)")
-        return sources.open_mount_source(spec.fstype, spec.source, spec.options,
-                                         spec.policy.ro, source_roots=roots,
-                                         guard=ctx.view_guard)
-    owner = _login_caller(spec.policy.owner)
-    self_service = not ctx.rules.is_admin(owner)
-    opened = sources.open_attach_source(
-        spec.source, ctx.config.access, owner if self_service else _ROOT,
-        self_service=self_service and ctx.config.access.self_service, ro=spec.policy.ro,
-        guard=ctx.view_guard)
-    if not same_source(spec.identity, opened.identity):
-        opened.close()
-        raise ControlError(errno.ESTALE, f"source {spec.source} was replaced "
-                           "(identity changed)")
-    return opened
 
 
 def _gauges(metrics: Metrics, ctx: ViewContext) -> None:
@@ -358,16 +297,36 @@ def _open_audit(path: str) -> AuditLog:
         raise ServeError(f"audit log {path}: {exc.strerror or exc}") from None
 
 
+class _Requests:
+    """The view's request observer (errors.RequestObserver): every answered request is
+    timed for the metrics, counted for busy_poll and, with --debug, logged."""
+
+    def __init__(self, metrics: Metrics, busy: BusyPoll | None, debug: bool) -> None:
+        self.metrics = metrics
+        self.busy = busy
+        self.debug = debug
+
+    def observe(self, op: str, seconds: float, errno_: int, args: tuple[object, ...]) -> None:
+        if self.busy is not None:
+            self.busy.answered()
+        self.metrics.observe(op, seconds, errno_)
+        if self.debug:
+            ops_log.debug("%s(%s) -> %s", op, view_errors.show(args),
+                          errno.errorcode.get(errno_, "ok"))
+
+
 @dataclass(eq=False)
 class _Service:
     """What a running daemon needs to reload itself on SIGHUP (issue 15 item 3)."""
 
     opts: ServeOptions
     ctx: ViewContext
+    registry: Registry
     controller: Controller
     ops: Ops
     daemon_log: DaemonLog
     early: _EarlySignals
+    busy: BusyPoll | None  # [performance] busy_poll, read at start only
 
     async def reload(self) -> None:
         """Reopen log files, then apply the config file again where it can change live.
@@ -400,10 +359,11 @@ class _Service:
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         if audit is not self.controller.audit:
-            self.controller.audit.close()
-            self.controller.audit = audit
+            self.controller.replace_audit(audit)
         ctx = self.ctx
-        ctx.rules = Rules(principals.resolve_admins(new.access.admins), new.access)
+        # The user database may be remote (NSS): read in a worker while the view serves.
+        admins = await trio.to_thread.run_sync(principals.resolve_admins, new.access.admins)
+        ctx.rules = Rules(admins, new.access)
         ctx.table.limits = new.limits
         ctx.handles.set_limits(new.limits.max_open_files,
                                new.limits.max_open_files_per_user)
@@ -417,8 +377,7 @@ class _Service:
             log.info("reload: [performance] changes take effect at the next start")
         await declared.reconcile(self.controller, new.subtrees)
         # Grants and admins may have changed: nothing cached may outlive them (SPEC 5).
-        for live in list(ctx.live.values()):
-            await ctx.invalidate(live)
+        await self.registry.invalidate_all()
         log.info("reloaded %s", self.opts.config_path or "the built-in defaults")
 
 
@@ -462,36 +421,37 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
                                           config.limits.max_open_files_per_user),
                       view_guard=guard)
     metrics = Metrics()
-    view_errors.sink.observer = metrics
-    view_errors.sink.debug = opts.debug
     latency = CpuLatencyRequest()
+    busy = BusyPoll(latency) if config.performance.busy_poll else None
+    requests = _Requests(metrics, busy, opts.debug)
     _gauges(metrics, ctx)
     metrics.set_process_info(view=view, config=opts.config_path, state=store.path)
     metrics.set_gauge_source("fusemount_busy_poll",
                              "1 while idle CPUs are asked to poll ([performance] busy_poll)",
                              lambda: [({}, float(latency.held))])
-    controller = Controller(ctx, store, audit, lambda verb, result: metrics.inc(
+    registry = Registry(ctx)
+    controller = Controller(ctx, registry, store, audit, lambda verb, result: metrics.inc(
         "fusemount_control_commands_total", {"verb": verb, "result": result}))
     metrics.describe("fusemount_control_commands_total", "Control commands by verb and result")
     metrics.set_gauge_source(
         "fusemount_audit_records_suppressed", "Refusal records summed up, not written (SPEC 6)",
         lambda: [({}, float(controller.audit.suppressed))])
-    restore(ctx, specs)
+    controller.restore(specs)
 
-    ops = Ops(ctx)
-    ops.control.controller = controller
-    ops.control.render_metrics = metrics.render
+    offloader = Offloader(config.limits.request_timeout_s)
+    control = ControlFiles(ctx, offloader.run, controller.execute, metrics.render)
+    ops = Ops(ctx, registry, control, offloader, requests)
     options = set(pyfuse3.default_options)
     options |= {f"fsname={_fuse_option_value(opts.fsname)}", "subtype=fusemount",
                 "allow_other", "nosuid", "nodev", "default_permissions"}
     if opts.debug:
         options.add("debug")
-    service = _Service(opts, ctx, controller, ops, daemon_log, early)
+    service = _Service(opts, ctx, registry, controller, ops, daemon_log, early, busy)
     with contextlib.ExitStack() as stack:
         stack.callback(daemon_log.close)
         stack.callback(lambda: controller.audit.close())
         stack.callback(guard.close)
-        stack.callback(_close_sources, ctx)
+        stack.callback(registry.close_all)
         stack.enter_context(_pidfile(pidfile))
         try:
             pyfuse3.init(ops, view, options)
@@ -501,7 +461,7 @@ def _serve(opts: ServeOptions, early: _EarlySignals) -> int:
         ctx.mounted = True
         guard.mounted()
         log.info("serving %s with %d subtrees", view, len(ctx.table))
-        trio.run(_run, service, latency)
+        trio.run(_run, service)
         log.info("stopped cleanly")
     return 0
 
@@ -518,25 +478,15 @@ def _unmount() -> None:
         log.exception("unmount failed")
 
 
-def _close_sources(ctx: ViewContext) -> None:
-    ctx.handles.close_all()
-    ctx.inodes.close_all()
-    for live in list(ctx.live.values()):
-        live.close()
-    ctx.live.clear()
-
-
-async def _run(service: _Service, latency: CpuLatencyRequest) -> None:
+async def _run(service: _Service) -> None:
     ctx, controller, opts = service.ctx, service.controller, service.opts
     async with trio.open_nursery() as nursery:
         # Installed before READY=1 and before --background's parent returns (issue 15).
         await nursery.start(_signals, service)
-        nursery.start_soon(_housekeeping, ctx, controller, service.ops)
-        if ctx.config.performance.busy_poll:
-            busy = BusyPoll(latency, lambda: view_errors.sink.requests)
-            view_errors.sink.on_burst = busy.on_burst
-            view_errors.sink.burst_every = ENGAGE_COUNT
-            nursery.start_soon(busy.run)
+        nursery.start_soon(_housekeeping, service)
+        nursery.start_soon(_expiry, service)
+        if service.busy is not None:
+            nursery.start_soon(service.busy.run)
         nursery.start_soon(_fuse_main, nursery.cancel_scope)
         if opts.demo and ctx.table.get("demo") is None:
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),
@@ -544,6 +494,7 @@ async def _run(service: _Service, latency: CpuLatencyRequest) -> None:
             if code:
                 log.warning("demo subtree not attached: %s", reply.decode().strip())
         await declared.reconcile(controller, ctx.config.subtrees)
+        log.info("ready: %d subtrees attached", len(ctx.live))
         _notify(opts.notify_fd, "ready")
         sdnotify.notify(f"READY=1\nSTATUS=serving {len(ctx.live)} subtrees\nMAINPID={os.getpid()}")
 
@@ -580,16 +531,30 @@ async def _on_signal(service: _Service, signum: int) -> bool:
     return True
 
 
-async def _housekeeping(ctx: ViewContext, controller: Controller, ops: Ops) -> None:
-    """Once a second: autofs-style idle expiry (detach subtrees idle for their expire=
-    seconds) and keeping the inode table within limits.max_inodes."""
+async def _housekeeping(service: _Service) -> None:
+    """Once a second: keep the inode table within limits.max_inodes, write the summed-up
+    refusals, and drop kernel caches of subtrees changed outside a command."""
     while True:
         await trio.sleep(1.0)
-        ops.housekeeping()
-        now = ctx.now()
+        service.ops.housekeeping()
+        service.controller.audit.flush_suppressed()
+        await service.registry.flush()
+
+
+def _idle(ctx: ViewContext, live: LiveSubtree) -> bool:
+    """Still served, unused for its expire= seconds, nothing open."""
+    expire = live.spec.expire_s
+    return (ctx.live.get(live.name) is live and expire > 0 and live.open_files == 0
+            and ctx.now() - live.last_access >= expire)
+
+
+async def _expiry(service: _Service) -> None:
+    """Once a second: autofs-style idle expiry (detach subtrees idle for their expire=
+    seconds). A loop of its own: an expiry waits for a running command (its lock), which
+    must not hold up the housekeeping."""
+    ctx, controller = service.ctx, service.controller
+    while True:
+        await trio.sleep(1.0)
         for live in list(ctx.live.values()):
-            expire = live.spec.expire_s
-            if expire > 0 and live.open_files == 0 and now - live.last_access >= expire:
-                controller.expire(live.name)
-        controller.audit.flush_suppressed()
-        await controller.flush_pending()
+            if _idle(ctx, live):
+                await controller.expire(live.name, functools.partial(_idle, ctx, live))

@@ -8,11 +8,13 @@ from __future__ import annotations
 import errno
 import grp
 import logging
+import os
 import pwd
 
 from fusemount.core.policy import Admins
 from fusemount.core.records import (
     Access,
+    Caller,
     ControlError,
     Grant,
     GrantKind,
@@ -20,6 +22,18 @@ from fusemount.core.records import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def login_caller(uid: int) -> Caller:
+    """uid as a login presents them (primary gid and groups from the user and group
+    databases): a restart has no request to take them from, and the source walk checks
+    search permission as this caller."""
+    try:
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return Caller(uid, uid, 0)
+    groups = frozenset(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}
+    return Caller(uid, entry.pw_gid, 0, groups=groups)
 
 
 def uid_of(word: str) -> int:

@@ -1,19 +1,19 @@
 """The one context object the view's collaborators share: tables, rules, live subtrees.
 
+It is also what control decides commands by (control/publisher.py's Context); subtrees
+enter and leave `live` only through view/registry.py.
+
 Built once by the daemon and passed down (STYLE: one context object, no module globals).
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyfuse3
-import trio
 
 from fusemount.core.policy import Gate, Rules, access_of, gate_of, needs_groups
 from fusemount.core.records import Access, Caller, Config, SubtreeSpec
@@ -24,8 +24,6 @@ from fusemount.view.callers import Callers
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
 from fusemount.view.live import LiveSubtree
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -70,6 +68,9 @@ class ViewContext:
         return gated(ino, root_st, self.gate(subtree).mode, subtree.spec.policy.owner,
                      cache.entry_timeout, cache.attr_timeout)
 
+    def with_groups(self, caller: Caller) -> Caller:
+        return self.callers.with_groups(caller)
+
     def is_admin(self, caller: Caller) -> bool:
         if caller.uid == 0:
             return True
@@ -107,48 +108,3 @@ class ViewContext:
         out.f_files, out.f_ffree, out.f_favail = files, ffree, ffree
         out.f_namemax = 255
         return out
-
-    def reap(self) -> None:
-        """Close the sources of force-detached subtrees whose last open file is gone."""
-        while self.handles.on_last_close:
-            subtree = self.handles.on_last_close.pop()
-            self.inodes.drop_subtree(subtree)
-            subtree.close()
-            log.info("subtree %s: last open file closed, source released", subtree.name)
-
-    async def invalidate(self, subtree: LiveSubtree) -> None:
-        """Make the kernel forget what it cached for a subtree (policy change or detach).
-
-        Attributes of every inode (for the gate, its ACL too: invalidate_inode drops the
-        cached ACL), so the next permission check asks again. The name itself only when it
-        may no longer resolve: a detach, or hidden names; a `set` in gate mode keeps the
-        entry, so working directories inside stay valid (dropping a directory's dentry
-        unhashes it under every process whose cwd it is).
-
-        The notify calls block until the kernel has processed them, and the kernel may need
-        an answer from us to do so: they run in a worker thread while trio keeps serving.
-        """
-        if not self.mounted:
-            return
-        inos = [n.ino for n in self.inodes.nodes_of(subtree)]
-        drop_name = not (subtree.live and self.gated)
-
-        name = pyfuse3.FileNameT(subtree.name.encode())
-
-        def run() -> None:
-            # Synchronous, so the name is gone from the kernel's cache before the command
-            # replies, and no queued notification can outlive the session at shutdown.
-            try:
-                if drop_name:
-                    pyfuse3.invalidate_entry(pyfuse3.ROOT_INODE, name)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    log.warning("invalidate_entry(%s): %s", subtree.name, exc)
-            for ino in inos:
-                try:
-                    pyfuse3.invalidate_inode(pyfuse3.InodeT(ino), attr_only=False)
-                except OSError as exc:
-                    if exc.errno != errno.ENOENT:  # ENOENT: the kernel had already forgotten
-                        log.warning("invalidate_inode(%d): %s", ino, exc)
-
-        await trio.to_thread.run_sync(run)

@@ -13,7 +13,8 @@ import json
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import pyfuse3
 from pyfuse3 import (
@@ -31,12 +32,12 @@ from fusemount.core.mounts import MountRecord
 from fusemount.core.records import Access, Caller, State
 from fusemount.host import principals
 from fusemount.view.attrs import synthetic
+from fusemount.view.context import ViewContext
 from fusemount.view.handles import ControlHandle, Handle
 from fusemount.view.live import LiveSubtree
 
-if TYPE_CHECKING:
-    from fusemount.control.commands import Controller
-    from fusemount.view.context import ViewContext
+# A ctl write: (opener, command) -> (0 or errno, reply line). Controller.execute.
+Execute = Callable[[Caller, bytes], Awaitable[tuple[int, bytes]]]
 
 ROOT_INO = pyfuse3.ROOT_INODE
 CTL_DIR_INO = 2
@@ -48,15 +49,31 @@ VERSION_INO = 7
 _LAST_CONTROL_INO = 999  # dynamic inode numbers start above (inodes.FIRST_DYNAMIC_INO)
 
 CTL_DIR_NAME = b".fusemount"
-_FILES: dict[bytes, tuple[int, int]] = {
-    b"ctl": (CTL_INO, 0o666),
-    b"mounts": (MOUNTS_INO, 0o444),
-    b"mounts.json": (MOUNTS_JSON_INO, 0o444),
+
+
+@dataclass(frozen=True, slots=True)
+class _File:
+    """One file of `.fusemount/`: everything about it is in this one table."""
+
+    ino: int
+    mode: int
+    # What an open for reading snapshots, for the opener (None: the reply to a command).
+    content: Callable[[ControlFiles, Caller], bytes] | None
+    admins_only: bool = False  # open() refuses others (the mode must let the kernel pass)
+
+
+_FILES: dict[bytes, _File] = {
+    b"ctl": _File(CTL_INO, 0o666, None),
+    b"mounts": _File(MOUNTS_INO, 0o444, lambda files, caller: files.mounts_text(caller).encode()),
+    b"mounts.json": _File(MOUNTS_JSON_INO, 0o444, lambda files, caller: (
+        json.dumps(files.mounts_records(caller), indent=1) + "\n").encode()),
     # 0444 so the kernel lets admins-by-group open it; open() itself refuses non-admins.
-    b"metrics": (METRICS_INO, 0o444),
-    b"version": (VERSION_INO, 0o444),
+    b"metrics": _File(METRICS_INO, 0o444, lambda files, caller: files.render_metrics().encode(),
+                      admins_only=True),
+    b"version": _File(VERSION_INO, 0o444, lambda files, caller: (
+        f"fusemount {__version__}\n".encode())),
 }
-_MODES = {ino: mode for ino, mode in _FILES.values()}
+_BY_INO = {file.ino: file for file in _FILES.values()}
 _STATIC_TIMEOUT = 60.0
 
 
@@ -96,12 +113,15 @@ def _escape(text: str) -> str:
 
 
 class ControlFiles:
-    def __init__(self, ctx: ViewContext) -> None:
+    def __init__(self, ctx: ViewContext, io: Callable[..., Awaitable[Any]],
+                 execute: Execute | None = None,
+                 render_metrics: Callable[[], str] = lambda: "") -> None:
         self.ctx = ctx
-        self.render_metrics: Callable[[], str] = lambda: ""
-        self.controller: Controller | None = None
-        # How a subtree root is stat'ed: Ops._io, so a stalled source cannot stall the root.
-        self.io: Callable[..., Awaitable[Any]] | None = None
+        # How a subtree root is stat'ed: Offloader.run, so a stalled source cannot stall
+        # the root.
+        self.io = io
+        self.execute = execute  # None: ctl is not writable (a view without control)
+        self.render_metrics: Callable[[], str] = render_metrics
 
     # --- attributes -------------------------------------------------------------------------
 
@@ -119,8 +139,9 @@ class ControlFiles:
             return synthetic(ino, stat.S_IFDIR | 0o705, 2, t, self.ctx.config.cache.attr_timeout)
         if ino == CTL_DIR_INO:
             return synthetic(ino, stat.S_IFDIR | 0o755, 2, t, _STATIC_TIMEOUT)
-        if ino in _MODES:
-            return synthetic(ino, stat.S_IFREG | _MODES[ino], 1, t, _STATIC_TIMEOUT)
+        file = _BY_INO.get(ino)
+        if file is not None:
+            return synthetic(ino, stat.S_IFREG | file.mode, 1, t, _STATIC_TIMEOUT)
         raise OSError(errno.ENOENT, "no such control object")
 
     async def lookup(self, parent: int, name: bytes, ctx: RequestContext) -> EntryAttributes:
@@ -129,12 +150,10 @@ class ControlFiles:
                 return self._attrs(CTL_DIR_INO)
             return await self._lookup_subtree(name, ctx)
         if parent == CTL_DIR_INO and name in _FILES:
-            return self._attrs(_FILES[name][0])
+            return self._attrs(_FILES[name].ino)
         raise OSError(errno.ENOENT, "no such control file")
 
     async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
-        if self.io is None:
-            return os.fstat(fd)
         result: os.stat_result = await self.io(subtree, os.fstat, (fd,))
         return result
 
@@ -163,6 +182,10 @@ class ControlFiles:
     def forget(self, ino: int, nlookup: int) -> None:
         """Control inodes are static: the kernel may forget them, nothing to release."""
 
+    def readlink(self, ino: int) -> NoReturn:
+        """No control object is a symlink: EINVAL, as readlink(2) of any non-symlink."""
+        raise OSError(errno.EINVAL, "not a symbolic link")
+
     def getattr(self, ino: int, ctx: RequestContext) -> EntryAttributes:
         return self._attrs(ino)
 
@@ -188,7 +211,7 @@ class ControlFiles:
             ]
         else:
             handle.entries = [(b".", CTL_DIR_INO), (b"..", ROOT_INO)] + [
-                (name, ino_) for name, (ino_, _) in _FILES.items()]
+                (name, file.ino) for name, file in _FILES.items()]
         return FileHandleT(handle.fh)
 
     async def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
@@ -223,19 +246,14 @@ class ControlFiles:
         # this open file acts for whoever opened it (like any file descriptor capability).
         caller = self.ctx.callers.full(ctx)
         writing = (flags & os.O_ACCMODE) != os.O_RDONLY
-        if writing and ino != CTL_INO:
+        file = _BY_INO.get(ino)
+        if file is None:
+            raise OSError(errno.ENOENT, "no such control file")
+        if writing and file.content is not None:
             raise OSError(errno.EACCES, "read-only control file")
-        if ino == METRICS_INO and not self.ctx.is_admin(caller):
+        if file.admins_only and not self.ctx.is_admin(caller):
             raise OSError(errno.EACCES, "metrics are for admins")
-        content = b""
-        if ino == VERSION_INO:
-            content = f"fusemount {__version__}\n".encode()
-        elif ino == MOUNTS_INO:
-            content = self.mounts_text(caller).encode()
-        elif ino == MOUNTS_JSON_INO:
-            content = (json.dumps(self.mounts_records(caller), indent=1) + "\n").encode()
-        elif ino == METRICS_INO:
-            content = self.render_metrics().encode()
+        content = b"" if file.content is None else file.content(self, caller)
         handle = self.ctx.handles.add_control(ino, caller, content)
         return FileInfo(fh=FileHandleT(handle.fh), direct_io=True, keep_cache=False)
 
@@ -250,9 +268,9 @@ class ControlFiles:
         return handle.content[off : off + size]
 
     async def write(self, handle: ControlHandle, data: bytes) -> int:
-        if handle.ino != CTL_INO or self.controller is None:
+        if handle.ino != CTL_INO or self.execute is None:
             raise OSError(errno.EBADF, "not writable")
-        code, reply = await self.controller.execute(handle.caller, data)
+        code, reply = await self.execute(handle.caller, data)
         handle.content = reply
         handle.cursor = 0
         if code:

@@ -3,7 +3,8 @@
 pyfuse3 ends its main loop when a handler raises anything but FUSEError, taking the
 whole view down. Every handler is wrapped: FUSEError passes, OSError becomes its errno,
 any other Exception is logged with its traceback and answered EIO. Cancellation
-(BaseException) still travels. Each request is also timed for the metrics.
+(BaseException) still travels. Each request is also timed and handed to the observer the
+daemon passed to Ops (metrics, busy_poll, the debug log).
 """
 
 from __future__ import annotations
@@ -23,22 +24,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Observer(Protocol):
-    def observe(self, op: str, seconds: float, errno_: int = 0) -> None: ...
+class RequestObserver(Protocol):
+    """Told of every answered request (metrics, busy_poll, the debug log): passed to Ops by
+    the daemon, read from the handler's instance (`observer`), never a module global."""
+
+    def observe(self, op: str, seconds: float, errno_: int, args: tuple[object, ...]) -> None:
+        ...
 
 
-class _Sink:
-    observer: Observer | None = None
-    debug: bool = False
-    requests: int = 0  # answered so far; read by busypoll to see whether the view is busy
-    burst_every: int = 0  # if set, on_burst() runs after every this many requests
-    on_burst: Callable[[], None] | None = None
-
-
-sink = _Sink()
-
-
-def _show(args: tuple[object, ...]) -> str:
+def show(args: tuple[object, ...]) -> str:
     """Request arguments for the debug log: data buffers by size, contexts by caller."""
     parts = []
     for arg in args:
@@ -74,12 +68,9 @@ def fuse_handler(
             log.exception("%s failed unexpectedly; answering EIO", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            sink.requests += 1
-            if sink.burst_every and not sink.requests % sink.burst_every and sink.on_burst:
-                sink.on_burst()
-            if sink.observer is not None:
-                sink.observer.observe(op, clock() - start, code)
-            if sink.debug:
-                log.debug("%s(%s) -> %s", op, _show(args[1:]), errno.errorcode.get(code, "ok"))
+            # args[0] is the Operations instance (OpsBase.observer).
+            observer: RequestObserver | None = getattr(args[0], "observer", None)
+            if observer is not None:
+                observer.observe(op, clock() - start, code, args[1:])
 
     return wrapper

@@ -10,9 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 import pyfuse3
 from pyfuse3 import (
@@ -27,13 +25,13 @@ from fusemount.host import backing
 from fusemount.view import ctlfiles
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
+from fusemount.view.errors import RequestObserver
 from fusemount.view.inodes import Node
-from fusemount.view.live import LiveSubtree
 from fusemount.view.offload import Offloader
+from fusemount.view.registry import Registry
 
 log = logging.getLogger(__name__)
 
-R = TypeVar("R")
 
 NOBODY = 65534  # the uid and gid root acts with on a squashed subtree
 
@@ -81,36 +79,24 @@ class OpsBase(pyfuse3.Operations):
     enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
     enable_writeback_cache = False
 
-    def __init__(self, ctx: ViewContext) -> None:
+    def __init__(self, ctx: ViewContext, registry: Registry | None = None,
+                 control: ctlfiles.ControlFiles | None = None,
+                 offloader: Offloader | None = None,
+                 observer: RequestObserver | None = None) -> None:
+        """The daemon passes all collaborators; a test may let the view make its own."""
         super().__init__()
         self.ctx = ctx
+        self.observer = observer  # told of every answered request (errors.fuse_handler)
         self.inodes = ctx.inodes
         self.handles = ctx.handles
         self.callers = ctx.callers
-        self.control = ctlfiles.ControlFiles(ctx)
+        self.registry = registry or Registry(ctx)
+        self.offloader = offloader or Offloader(ctx.config.limits.request_timeout_s)
+        self.control = control or ctlfiles.ControlFiles(ctx, self.offloader.run)
         self.entry_timeout = ctx.config.cache.entry_timeout
         self.attr_timeout = ctx.config.cache.attr_timeout
-        self.offloader = Offloader(ctx.config.limits.request_timeout_s)
-        self.control.io = self._io
-
-    async def _io(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
-                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
-                  blocking: bool = False, user: int | None = None) -> R:
-        """fn(*fds, *args), inline or in a bounded worker thread (offload.py says which).
-
-        blocking=True for a call that may sleep in the kernel whatever the source (fsync,
-        fallocate, truncate): always a worker. user: the non-admin uid the call is made for
-        (handles.user_of(fh), or the caller's), whose worker slots it takes; None for an
-        admin or when unknown. new_fds names the descriptors fn creates, so a call abandoned
-        at its deadline leaks none. Backing functions that act as the caller switch
-        credentials themselves, in whichever thread runs them.
-        """
-        # The first test is the hot path's only cost for a local subtree in inline mode.
-        if (blocking or subtree.offload or subtree.offload_until) and (
-                blocking or self.offloader.offloaded(subtree)):
-            return await self.offloader.call(subtree, fn, fds, *args, new_fds=new_fds,
-                                             user=user)
-        return self.offloader.inline(subtree, fn, fds, *args)
+        # fn(*fds, *args) inline or offloaded (Offloader.run): bound once, one call per request.
+        self._io = self.offloader.run
 
     # --- who may do what ---------------------------------------------------------------
 

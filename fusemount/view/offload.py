@@ -60,7 +60,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TypeVar, cast
+from typing import TypeVar, TypeVarTuple, cast, overload
 
 import trio
 
@@ -69,6 +69,7 @@ from fusemount.view.live import LiveSubtree
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 THREADS_PER_SUBTREE = 4
 THREADS_PER_USER = 4
@@ -179,6 +180,43 @@ class Offloader:
             subtree.offload_until = 0.0
             log.info("subtree %s: back to inline calls", subtree.name)
         return False
+
+    # fn(*fds, *args) typed: the descriptors come first, as a tuple of 0 to 2, then the
+    # arguments (a TypeVarTuple: ParamSpec allows no keyword-only extras after P.args).
+    @overload
+    async def run(self, subtree: LiveSubtree, fn: Callable[[*Ts], R], fds: tuple[()],
+                  *args: *Ts, new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R: ...
+
+    @overload
+    async def run(self, subtree: LiveSubtree, fn: Callable[[int, *Ts], R],
+                  fds: tuple[int], *args: *Ts,
+                  new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R: ...
+
+    @overload
+    async def run(self, subtree: LiveSubtree, fn: Callable[[int, int, *Ts], R],
+                  fds: tuple[int, int], *args: *Ts,
+                  new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R: ...
+
+    async def run(self, subtree: LiveSubtree, fn: Callable[..., R], fds: tuple[int, ...],
+                  *args: object, new_fds: Callable[[R], Iterable[int]] | None = None,
+                  blocking: bool = False, user: int | None = None) -> R:
+        """fn(*fds, *args), inline or in a bounded worker thread (the module doc says which).
+
+        blocking=True for a call that may sleep in the kernel whatever the source (fsync,
+        fallocate, truncate): always a worker. user: the non-admin uid the call is made for
+        (handles.user_of(fh), or the caller's), whose worker slots it takes; None for an
+        admin or when unknown. new_fds names the descriptors fn creates, so a call abandoned
+        at its deadline leaks none. Backing functions that act as the caller switch
+        credentials themselves, in whichever thread runs them.
+        """
+        # The first test is the hot path's only cost for a local subtree in inline mode.
+        if (blocking or subtree.offload or subtree.offload_until) and (
+                blocking or self.offloaded(subtree)):
+            return await self.call(subtree, fn, fds, *args, new_fds=new_fds, user=user)
+        return self.inline(subtree, fn, fds, *args)
 
     def inline(self, subtree: LiveSubtree, fn: Callable[..., R], fds: Sequence[int],
                *args: object) -> R:

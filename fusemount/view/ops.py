@@ -115,7 +115,7 @@ class Ops(XattrOps, RangeOps):
                     self.inodes.forget(ino, nlookup)
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, nlookup)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler
@@ -186,6 +186,8 @@ class Ops(XattrOps, RangeOps):
     @override
     @fuse_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
+        if ctlfiles.is_control(inode):
+            self.control.readlink(inode)
         node = self._node(inode)
         self._enter(ctx, node)
         return FileNameT(await self._io(node.subtree, backing.readlink, (self.inodes.fd(node),)))
@@ -372,7 +374,7 @@ class Ops(XattrOps, RangeOps):
         later = self.handles.release(fh)
         if later is not None:
             await self.offloader.close(*later)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler
@@ -478,7 +480,7 @@ class Ops(XattrOps, RangeOps):
     @fuse_handler
     async def releasedir(self, fh: FileHandleT) -> None:
         self.handles.release(fh)
-        self.ctx.reap()
+        self.registry.reap()
 
     @override
     @fuse_handler

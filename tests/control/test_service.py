@@ -58,6 +58,13 @@ def _hup(view: ViewHandle, config_text: str | None = None) -> None:
     assert _wait(finished), view.daemon.stderr_text()
 
 
+def _reconciled(view: ViewHandle) -> None:
+    """Wait until the daemon is ready: the view answers as soon as it is mounted, declared
+    subtrees are attached after that (their user look-ups and sources run in workers)."""
+    assert _wait(lambda: "ready: " in view.daemon.stderr_text(current_run_only=True)), \
+        view.daemon.stderr_text()
+
+
 @contextlib.contextmanager
 def _syslog(path: Path) -> Iterator[socket.socket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -294,6 +301,7 @@ def test_declared_subtrees_attach_at_start_and_reconcile_on_sighup_issue_15(
     view = view_factory(_declared(f'name = "one"\nsource = "{one}"\nro = true',
                                   'name = "tmp"\nfstype = "tmpfs"\nsource = "none"\n'
                                   'options = "size=1m"'))
+    _reconciled(view)
     assert (view.path / "one" / "f").read_text() == "1"
     assert record_of(view.mounts_json(), "one").get("ro") is True
     assert {r["name"] for r in view.mounts_json()} == {"one", "tmp"}
@@ -327,6 +335,7 @@ def test_declared_subtrees_attach_at_start_and_reconcile_on_sighup_issue_15(
     assert {r["name"] for r in view.mounts_json()} == {"one", "mine"}
     # Dropped from the config while the daemon was down: detached at the next start.
     view.restart(_declared(f'name = "two"\nsource = "{two}"'))
+    _reconciled(view)
     assert {r["name"] for r in view.mounts_json()} == {"two", "mine"}
     assert not any(line.startswith("{") for line in view.daemon.stderr_text().splitlines())
 
@@ -364,11 +373,13 @@ def test_declared_subtree_that_cannot_attach_is_listed_failed_and_retried_issue_
 ) -> None:
     missing = scratch / "later"
     view = view_factory(_declared(f'name = "later"\nsource = "{missing}"'))
+    _reconciled(view)
     record = record_of(view.mounts_json(), "later")
     assert record["state"] == "failed" and "later" in str(record["reason"])
     assert "declared subtree later not attached" in view.daemon.stderr_text()
     # Still failed after a restart, and attached by the first reload once the source exists.
     view.restart()
+    _reconciled(view)
     assert record_of(view.mounts_json(), "later")["state"] == "failed"
     missing.mkdir()
     (missing / "f").write_text("here")

@@ -89,3 +89,22 @@ def test_release_after_quiet_and_busy_ticks_restart_the_wait(tmp_path: Path) -> 
     clock.now += 10.0
     poll.on_burst()  # a slow trickle after a long pause does not engage
     assert not request.held
+
+
+def test_answered_requests_drive_the_burst_and_the_count(tmp_path: Path) -> None:
+    """The daemon's request observer calls answered() (issue 16 item 4: no module global)."""
+    device = tmp_path / "dev"
+    device.write_bytes(b"")
+    request = CpuLatencyRequest(str(device))
+    clock = _Clock()
+    poll = BusyPoll(request, clock=clock)
+    clock.now += ENGAGE_COUNT / ENGAGE_RATE * 1.5  # too slow: the first burst only measures
+    for _ in range(ENGAGE_COUNT):
+        poll.answered()
+    assert not request.held
+    for _ in range(ENGAGE_COUNT - 1):
+        poll.answered()
+    assert not request.held  # not a whole burst yet
+    poll.answered()
+    assert request.held and poll.count() == 2 * ENGAGE_COUNT
+    request.release()

@@ -22,7 +22,9 @@ from fusemount.core.policy import Admins, Rules
 from fusemount.core.records import Config, Identity, Kind, Limits, Policy, SubtreeSpec
 from fusemount.core.subtrees import SubtreeTable
 from fusemount.host import sources
+from fusemount.view import ctlfiles
 from fusemount.view.context import ViewContext
+from fusemount.view.errors import RequestObserver
 from fusemount.view.handles import HandleTable
 from fusemount.view.inodes import InodeTable
 from fusemount.view.live import LiveSubtree
@@ -50,7 +52,8 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def make_ops(source: Path, max_cached_fds: int = 8192) -> tuple[Ops, LiveSubtree]:
+def make_ops(source: Path, max_cached_fds: int = 8192,
+             observer: RequestObserver | None = None) -> tuple[Ops, LiveSubtree]:
     config = Config(limits=Limits(max_cached_fds=max_cached_fds))
     inodes = InodeTable(max_cached_fds)
     ctx = ViewContext(config=config, rules=Rules(Admins(frozenset(), frozenset()), config.access),
@@ -66,7 +69,7 @@ def make_ops(source: Path, max_cached_fds: int = 8192) -> tuple[Ops, LiveSubtree
     live = LiveSubtree(sid, spec, opened)
     inodes.add_root(live)
     ctx.live["s"] = live
-    return Ops(ctx), live
+    return Ops(ctx, observer=observer), live
 
 
 @pytest.fixture
@@ -154,3 +157,32 @@ def test_dot_and_dotdot_are_never_looked_up_on_the_source(tree: Path) -> None:
     run(body)
     assert len(ops.inodes) == 1
     live.close()
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, int]] = []
+
+    def observe(self, op: str, seconds: float, errno_: int, args: tuple[object, ...]) -> None:
+        self.seen.append((op, errno_))
+
+
+def test_requests_are_told_to_the_injected_observer(tree: Path) -> None:
+    """issue 16 item 4: the handler boundary reports to the observer Ops was given."""
+    observer = _Observer()
+    ops, live = make_ops(tree, observer=observer)
+    run(lambda: ops.getattr(pyfuse3.InodeT(live.root_ino), CTX))
+    with pytest.raises(pyfuse3.FUSEError):
+        run(lambda: ops.getattr(pyfuse3.InodeT(987654), CTX))
+    assert [op for op, _ in observer.seen] == ["getattr", "getattr"]
+    assert observer.seen[0][1] == 0 and observer.seen[1][1] != 0
+
+
+@pytest.mark.parametrize("ino", [ctlfiles.ROOT_INO, ctlfiles.CTL_DIR_INO, ctlfiles.CTL_INO])
+def test_readlink_of_a_control_object_is_einval(tree: Path, ino: int) -> None:
+    """A control object is no symlink: EINVAL, as readlink(2) of any non-symlink (it was
+    ESTALE, from looking the inode up among subtree nodes)."""
+    ops, _ = make_ops(tree)
+    with pytest.raises(pyfuse3.FUSEError) as caught:
+        run(lambda: ops.readlink(pyfuse3.InodeT(ino), CTX))
+    assert caught.value.errno == errno.EINVAL
