@@ -237,8 +237,11 @@ def test_sighup_reloads_admins_and_limits_and_keeps_the_view_mounted_issue_15(
 # --- item 4: start-up order ------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_sigterm_right_after_ready_exits_0_and_unmounts_issue_15(scratch: Path) -> None:
+@contextlib.contextmanager
+def _notifying_daemon(scratch: Path) -> Iterator[tuple[subprocess.Popen[bytes], socket.socket,
+                                                       Path]]:
+    """A foreground daemon on a fresh view that reports to a NOTIFY_SOCKET of ours, as under
+    systemd's Type=notify: (process, the socket, the view). Killed and unmounted after."""
     sock_path = scratch / "notify.sock"
     view = make_dir(scratch, "mnt")
     with _syslog(sock_path) as sock:
@@ -248,16 +251,22 @@ def test_sigterm_right_after_ready_exits_0_and_unmounts_issue_15(scratch: Path) 
             [sys.executable, "-m", "fusemount", "serve", str(view), "--state",
              str(scratch / "state.json")], env=env, stderr=subprocess.DEVNULL)
         try:
-            assert "READY=1" in sock.recv(4096).decode()
-            proc.terminate()  # at once: no grace period after READY
-            assert proc.wait(timeout=15) == 0
-            assert not is_mounted(view)
-            assert not os.path.exists(daemonfiles.pidfile_path(str(view)))
+            yield proc, sock, view
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
             lazy_unmount(view)
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_right_after_ready_exits_0_and_unmounts_issue_15(scratch: Path) -> None:
+    with _notifying_daemon(scratch) as (proc, sock, view):
+        assert "READY=1" in sock.recv(4096).decode()
+        proc.terminate()  # at once: no grace period after READY
+        assert proc.wait(timeout=15) == 0
+        assert not is_mounted(view)
+        assert not os.path.exists(daemonfiles.pidfile_path(str(view)))
 
 
 @pytest.mark.timeout(60)
@@ -342,28 +351,15 @@ def test_declared_subtrees_attach_at_start_and_reconcile_on_sighup_issue_15(
 
 @pytest.mark.timeout(60)
 def test_sighup_follows_systemds_reload_protocol_issue_15(scratch: Path) -> None:
-    sock_path = scratch / "notify.sock"
-    view = make_dir(scratch, "mnt")
-    with _syslog(sock_path) as sock:
-        sock.settimeout(15)
-        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), PYTHONPATH=str(REPO_ROOT))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fusemount", "serve", str(view), "--state",
-             str(scratch / "state.json")], env=env, stderr=subprocess.DEVNULL)
-        try:
-            assert "READY=1" in sock.recv(4096).decode()
-            proc.send_signal(signal.SIGHUP)
-            reloading = sock.recv(4096).decode()
-            assert "RELOADING=1" in reloading and "MONOTONIC_USEC=" in reloading
-            assert "READY=1" in sock.recv(4096).decode()
-            assert proc.poll() is None and is_mounted(view)
-            proc.terminate()
-            assert proc.wait(timeout=15) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            lazy_unmount(view)
+    with _notifying_daemon(scratch) as (proc, sock, view):
+        assert "READY=1" in sock.recv(4096).decode()
+        proc.send_signal(signal.SIGHUP)
+        reloading = sock.recv(4096).decode()
+        assert "RELOADING=1" in reloading and "MONOTONIC_USEC=" in reloading
+        assert "READY=1" in sock.recv(4096).decode()
+        assert proc.poll() is None and is_mounted(view)
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
 
 
 @pytest.mark.daemon_log_ok
