@@ -36,7 +36,6 @@ from fusemount.core.records import (
 )
 from fusemount.host import daemonfiles
 
-DEFAULT_STATE_PATH = "/var/lib/fusemount/state.json"
 FORMAT_NAME = "fusemount-state"
 CURRENT_VERSION = 1
 
@@ -79,7 +78,8 @@ _MIGRATIONS: dict[int, Callable[[object], object]] = {
 class StateStore:
     """Reads and writes the subtree table at one path. Every call blocks (file I/O, fsync)."""
 
-    def __init__(self, path: str = DEFAULT_STATE_PATH) -> None:
+    def __init__(self, path: str) -> None:
+        # No default: the default state file is per view (SPEC 8, daemonfiles), never shared.
         if not path:
             raise ValueError("state file path is empty")
         self.path = os.path.abspath(path)
