@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -23,13 +22,14 @@ import pytest
 from fusemount.host.daemonfiles import DEFAULT_LOG_DIR, DEFAULT_STATE_DIR, escape_path
 from tests.support.daemon import (
     VIEW_FSTYPE,
-    Daemon,
     ViewFactory,
     ViewHandle,
     lazy_unmount,
     mounts_under,
-    problems_in_log,
+    new_view,
+    teardown_problems,
 )
+from tests.support.dirs import SourceFactory, fresh_dir
 from tests.support.users import UserPool, Users
 
 # Session roots made by this process, for the last check in pytest_sessionfinish.
@@ -89,16 +89,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o755)  # test users must reach views and sources below it
-    return path
-
-
 @pytest.fixture(scope="session")
 def test_root() -> Iterator[Path]:
     """/tmp/fusemount-tests-XXXX, mode 0755: pytest's tmp_path is root-only, useless to users."""
-    root = _fresh_dir(Path("/tmp"), "fusemount-tests-")
+    root = fresh_dir(Path("/tmp"), "fusemount-tests-")
     _SESSION_ROOTS.append(root)
     yield root
     problems = _release_root(root)
@@ -109,7 +103,19 @@ def test_root() -> Iterator[Path]:
 @pytest.fixture
 def source(test_root: Path) -> Path:
     """A fresh empty directory, mode 0755, owned by root. Removed with test_root."""
-    return _fresh_dir(test_root, "source-")
+    return fresh_dir(test_root, "source-")
+
+
+@pytest.fixture
+def new_source(test_root: Path) -> SourceFactory:
+    """Call it for each further fresh source directory (like `source`) a test needs."""
+    return lambda: fresh_dir(test_root, "source-")
+
+
+@pytest.fixture
+def scratch(test_root: Path) -> Path:
+    """A fresh directory, mode 0755, for files that are not sources (configs, logs)."""
+    return fresh_dir(test_root, "scratch-")
 
 
 @pytest.fixture
@@ -120,31 +126,15 @@ def view_factory(request: pytest.FixtureRequest, test_root: Path) -> Iterator[Vi
     def make(
         config_text: str = "", state: Path | None = None, extra_args: Sequence[str] = ()
     ) -> ViewHandle:
-        workdir = _fresh_dir(test_root, "view-")
-        path = workdir / "mnt"
-        path.mkdir(mode=0o755)
-        path.chmod(0o755)
-        daemon = Daemon(workdir)
-        handle = ViewHandle(path, state if state is not None else daemon.state, daemon, workdir)
+        handle = new_view(test_root, "view-", state)
         handles.append(handle)  # before start(): a failed start needs cleaning up too
-        daemon.start(path, config_text, handle.state, extra_args)
+        handle.daemon.start(handle.path, config_text, handle.state, extra_args)
         return handle
 
     yield make
 
     log_ok = request.node.get_closest_marker("daemon_log_ok") is not None
-    problems: list[str] = []
-    for handle in handles:
-        report = handle.daemon.cleanup()
-        problems += [f"{handle.path}: {p}" for p in report.problems()]
-        if not log_ok:
-            text = handle.daemon.stderr_text()
-            bad = problems_in_log(text)
-            if bad:
-                problems.append(
-                    f"{handle.path}: daemon logged problems (mark the test daemon_log_ok if "
-                    f"expected):\n  " + "\n  ".join(bad) + f"\n--- daemon output ---\n{text}"
-                )
+    problems = [p for handle in handles for p in teardown_problems(handle, log_ok)]
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

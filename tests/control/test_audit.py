@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import json
 import os
 import re
 import stat
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.control import audit_config, audit_records
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory
 from tests.support.users import Users, py_as
@@ -21,21 +21,17 @@ from tests.support.users import Users, py_as
 _FIELDS = {"time", "uid", "gid", "pid", "command", "result"}
 
 
-def _records(path: Path) -> list[dict[str, object]]:
-    records = []
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        assert isinstance(record, dict), line
-        records.append(record)
-    return records
+@pytest.fixture
+def audit(scratch: Path) -> Path:
+    """Where the test's view writes its audit log."""
+    return scratch / "audit.log"
 
 
 @pytest.mark.timeout(60)
 def test_audit_log_has_one_line_per_command_accepted_or_refused(
-    view_factory: ViewFactory, scratch: Path, source: Path, users: Users
+    view_factory: ViewFactory, audit: Path, source: Path, users: Users
 ) -> None:
-    audit = scratch / "audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view = view_factory(audit_config(audit))
     commands: list[tuple[str | bytes, str]] = [
         (f"attach data {source}", "ok"),
         ("hold data H1", "ok"),
@@ -50,7 +46,7 @@ def test_audit_log_has_one_line_per_command_accepted_or_refused(
         assert (reply.errno_name or "ok") == expected, reply.describe(command)
     as_alice = ctl_as(users.alice, view.path, "detach data")
     assert as_alice.errno_name == "EACCES"
-    records = _records(audit)
+    records = audit_records(audit)
     assert len(records) == len(commands) + 1, records
     for record, (command, expected) in zip(records, commands, strict=False):
         assert set(record) >= _FIELDS, record
@@ -69,10 +65,9 @@ def test_audit_log_has_one_line_per_command_accepted_or_refused(
 
 @pytest.mark.timeout(60)
 def test_audit_log_file_is_mode_0600(
-    view_factory: ViewFactory, scratch: Path, source: Path
+    view_factory: ViewFactory, audit: Path, source: Path
 ) -> None:
-    audit = scratch / "audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view = view_factory(audit_config(audit))
     view.ok(f"attach data {source}")
     mode = os.stat(audit).st_mode
     assert stat.S_ISREG(mode)
@@ -81,25 +76,23 @@ def test_audit_log_file_is_mode_0600(
 
 @pytest.mark.timeout(60)
 def test_audit_log_is_appended_across_restarts(
-    view_factory: ViewFactory, scratch: Path, source: Path
+    view_factory: ViewFactory, audit: Path, source: Path
 ) -> None:
-    audit = scratch / "audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view = view_factory(audit_config(audit))
     view.ok(f"attach data {source}")
     view.restart()
     view.ok("detach data")
-    assert [r["command"] for r in _records(audit)] == [f"attach data {source}", "detach data"]
+    assert [r["command"] for r in audit_records(audit)] == [f"attach data {source}", "detach data"]
 
 
 @pytest.mark.timeout(60)
 def test_audit_record_of_multi_line_write_stays_one_line(
-    view_factory: ViewFactory, scratch: Path
+    view_factory: ViewFactory, audit: Path
 ) -> None:
-    audit = scratch / "audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view = view_factory(audit_config(audit))
     assert view.ctl("detach a\ndetach b\n").errno_name == "EINVAL"
     assert view.ctl('detach "\u2028"').errno_name == "EINVAL"
-    records = _records(audit)
+    records = audit_records(audit)
     assert len(records) == 2
     assert all(r["result"] == "EINVAL" for r in records)
 
@@ -111,10 +104,9 @@ FLOOD_BOUND_BYTES = 8192
 
 @pytest.mark.timeout(120)
 def test_refusal_flood_of_1mib_commands_keeps_the_audit_log_small_issue_12(
-    view_factory: ViewFactory, scratch: Path, users: Users
+    view_factory: ViewFactory, audit: Path, users: Users
 ) -> None:
-    audit = scratch / "audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    view = view_factory(audit_config(audit))
     ctl_path = view.path / ".fusemount" / "ctl"
     codes = py_as(users.alice, f"""
 import errno, os
@@ -137,7 +129,7 @@ print(json.dumps(sorted(set(codes))))
     assert view.daemon.stop() == 0  # closing the log writes the pending summary
     size = audit.stat().st_size
     assert size <= FLOOD_BOUND_BYTES, size
-    records = _records(audit)
+    records = audit_records(audit)
     assert all(len(line) < 512 for line in audit.read_bytes().splitlines())
     refused = [r for r in records if r["result"] == "E2BIG"]
     assert refused and all(r["uid"] == users.alice.uid for r in refused)

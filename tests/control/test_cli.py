@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from fusemount.cli import commands as cli
-from tests.control.conftest import SourceFactory
 from tests.support.control import fusemount, names_listed, record_of, replace_dir
 from tests.support.daemon import ViewHandle, is_mounted
+from tests.support.dirs import SourceFactory
 from tests.support.users import SYSTEM_PYTHON, Users, run_as
 
 

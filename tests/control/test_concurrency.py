@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
-from tests.support.control import DOCUMENTED_ERRNOS, state_table
+from tests.support.control import DOCUMENTED_ERRNOS, audit_config, audit_records, state_table
 from tests.support.daemon import ViewFactory
+from tests.support.dirs import SourceFactory
 
 WORKERS = 8
 DURATION_S = 3.0
@@ -152,7 +152,7 @@ def test_concurrent_commands_leave_a_consistent_table(
     view_factory: ViewFactory, new_source: SourceFactory, scratch: Path
 ) -> None:
     audit = scratch / "audit.log"
-    view = view_factory(f'[limits]\nmax_subtrees = {MAX_SUBTREES}\n[log]\naudit = "{audit}"\n')
+    view = view_factory(f"[limits]\nmax_subtrees = {MAX_SUBTREES}\n" + audit_config(audit))
     sources = {f"n{i}": str(new_source()) for i in range(NAMES)}
     other = str(new_source())
     procs = [
@@ -201,7 +201,7 @@ def test_concurrent_commands_leave_a_consistent_table(
     assert results["ENOSPC"] > 0 and results["EEXIST"] > 0 and results["ok"] > 0, results
 
     # The audit log lists exactly the commands the workers sent, with the same results.
-    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    records = audit_records(audit)
     sent = Counter((c, r) for log in logs for c, r, _ in log)
     audited = Counter((str(rec["command"]), str(rec["result"])) for rec in records)
     assert audited == sent

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import names_listed, record_of, state_table, unexpected_log_lines
 from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo
+from tests.support.dirs import SourceFactory
 
 _EXPECTED_WARNINGS = ("dead FUSE mount", "not connected")
 ROUNDS = 20
@@ -87,10 +87,6 @@ def _assert_table(actual: set[str], present: set[str], in_flight: str | None, wh
     )
 
 
-def _start_again(view: ViewHandle) -> None:
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.daemon_log_ok
 def test_kill_9_then_serve_cleans_dead_mount_and_restores_table(
@@ -110,7 +106,7 @@ def test_kill_9_then_serve_cleans_dead_mount_and_restores_table(
             # for cache.attr_timeout; a listing always needs the (dead) daemon.
             os.listdir(view.path)
         assert dead.value.errno == errno.ENOTCONN
-        _start_again(view)
+        view.start_again()
     finally:
         with contextlib.suppress(OSError):
             os.close(orphan)
@@ -144,7 +140,7 @@ def test_kill_9_during_command_burst_loses_no_acknowledged_change(
         assert "ok " in log_text, f"round {round_no}: no command acknowledged before the kill"
         on_disk = set(state_table(view.state))  # must parse after any crash
         _assert_table(on_disk, present, in_flight, f"round {round_no}: state file")
-        _start_again(view)
+        view.start_again()
         records = view.mounts_json()
         assert {r["name"] for r in records} == on_disk, f"round {round_no}: restore lost entries"
         assert all(r["state"] == "attached" for r in records), records
@@ -206,5 +202,5 @@ def test_sigterm_during_command_burst_exits_0_and_keeps_acknowledged_changes(
         present, in_flight = _expected(log_text, before)
         on_disk = set(state_table(view.state))
         _assert_table(on_disk, present, in_flight, f"round {round_no}: state file")
-        _start_again(view)
+        view.start_again()
         _assert_table(names_listed(view.path), present, in_flight, f"round {round_no}: view")

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import make_dir
 from tests.support.daemon import ViewHandle
+from tests.support.dirs import SourceFactory
 from tests.support.users import Users, py_as
 
 _MODES = {"ctl": 0o666, "mounts": 0o444, "mounts.json": 0o444, "version": 0o444}

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import (
     fd_count,
     fd_identities,
@@ -22,6 +21,7 @@ from tests.support.control import (
     refused,
 )
 from tests.support.daemon import ViewHandle
+from tests.support.dirs import SourceFactory
 
 RELEASE_DEADLINE_S = 10.0  # FUSE sends RELEASE after close() returns, asynchronously
 

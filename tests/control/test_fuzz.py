@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import DOCUMENTED_ERRNOS, names_listed, state_table
 from tests.support.daemon import ViewFactory
+from tests.support.dirs import SourceFactory
 
 SEED = 0x5EED
 COMMANDS = 3000

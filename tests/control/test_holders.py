@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import names_listed, record_of, refused, snapshot, state_table
 from tests.support.daemon import ViewHandle
+from tests.support.dirs import SourceFactory
 
 
 def _holders(view: ViewHandle, name: str) -> object:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.dirs import SourceFactory
 from tests.support.users import SYSTEM_PYTHON, User, Users
 
 

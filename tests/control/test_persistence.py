@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
 from tests.support.control import (
     make_dir,
     names_listed,
@@ -23,6 +22,7 @@ from tests.support.control import (
 )
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.dirs import SourceFactory
 from tests.support.users import User, Users, py_as
 
 # What must survive a restart unchanged, per mounts.json record.
@@ -127,7 +127,7 @@ def test_replaced_source_comes_back_failed_and_not_attached(
     view.daemon.stop()
     replace_dir(swapped)
     (swapped / "new").write_text("new")
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
+    view.start_again()
     records = view.mounts_json()
     failed = record_of(records, "swapped")
     assert failed["state"] == "failed"
@@ -150,7 +150,7 @@ def test_admin_detaches_failed_entry(view: ViewHandle, source: Path) -> None:
     view.ok(f"attach data {source}")
     view.daemon.stop()
     replace_dir(source)
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
+    view.start_again()
     assert record_of(view.mounts_json(), "data")["state"] == "failed"
     view.ok("detach data")
     assert view.mounts_json() == []
@@ -167,7 +167,7 @@ def test_admin_reattaches_failed_entry(view: ViewHandle, source: Path) -> None:
     view.daemon.stop()
     replace_dir(source)
     (source / "new").write_text("new")
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
+    view.start_again()
     assert record_of(view.mounts_json(), "data")["state"] == "failed"
     reply = view.ok(f"attach data {source}")
     assert (reply["dev"], reply["ino"]) == (os.stat(source).st_dev, os.stat(source).st_ino)
@@ -187,7 +187,7 @@ def test_removed_source_comes_back_failed(view_factory: ViewFactory, source: Pat
     view.ok(f"attach gone {source}/gone")
     view.daemon.stop()
     (source / "gone").rmdir()
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
+    view.start_again()
     failed = record_of(view.mounts_json(), "gone")
     assert failed["state"] == "failed" and failed["reason"]
     assert names_listed(view.path) == set()

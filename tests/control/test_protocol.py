@@ -4,22 +4,34 @@ of a refusal on the write itself and again in the JSON reply, replies per open f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.control.conftest import SourceFactory
-from tests.support.control import names_listed, record_of
+from tests.support.control import check_refusal, names_listed, record_of
 from tests.support.ctl import Reply
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.dirs import SourceFactory
 
 
 def _ctl_path(view: ViewHandle) -> Path:
     return view.path / ".fusemount" / "ctl"
+
+
+@contextlib.contextmanager
+def _opened_ctl(view: ViewHandle, flags: int) -> Iterator[int]:
+    """A descriptor of the view's ctl file opened with flags, for the block."""
+    fd = os.open(_ctl_path(view), flags)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _reply_of(fd: int) -> dict[str, object]:
@@ -31,24 +43,17 @@ def _reply_of(fd: int) -> dict[str, object]:
 
 
 def _assert_refused(reply: Reply, code: int) -> None:
-    """The write failed with code and the reply says the same, with a message."""
-    assert reply.errno == code, reply.describe("")
-    assert reply.data.get("ok") is False, reply.raw
-    assert reply.data.get("errno") == errno.errorcode[code], reply.raw
-    message = reply.data.get("message")
-    assert isinstance(message, str) and message, reply.raw
+    """The write failed with code and the reply says the same, with a message, and no more."""
+    check_refusal(reply, code, "")
     assert set(reply.data) == {"ok", "errno", "message"}, reply.raw
 
 
 @pytest.mark.timeout(60)
 def test_attach_reply_names_dev_ino_mount_id_fstype(view: ViewHandle, source: Path) -> None:
-    fd = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as fd:
         command = f"attach data {source}".encode()
         assert os.write(fd, command) == len(command)
         reply = _reply_of(fd)
-    finally:
-        os.close(fd)
     st = os.stat(source)
     assert reply["ok"] is True
     assert (reply["dev"], reply["ino"]) == (st.st_dev, st.st_ino)
@@ -175,22 +180,17 @@ def test_every_refusal_has_errno_on_write_and_json_reply(view: ViewHandle, sourc
 
 @pytest.mark.timeout(60)
 def test_success_returns_full_length_and_ok_reply(view: ViewHandle, source: Path) -> None:
-    fd = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as fd:
         for command in (f"attach data {source}\n", "hold data h1", "release data h1\n"):
             data = command.encode()
             assert os.write(fd, data) == len(data)
             reply = _reply_of(fd)
             assert reply["ok"] is True, reply
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.timeout(60)
 def test_replies_are_per_open_file_description(view: ViewHandle, source: Path) -> None:
-    first = os.open(_ctl_path(view), os.O_RDWR)
-    second = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as first, _opened_ctl(view, os.O_RDWR) as second:
         os.write(first, f"attach data {source}".encode())
         with pytest.raises(OSError) as refused:
             os.write(second, b"detach nosuch")
@@ -198,17 +198,13 @@ def test_replies_are_per_open_file_description(view: ViewHandle, source: Path) -
         # Read in the opposite order: each descriptor still gets its own reply.
         second_reply = _reply_of(second)
         first_reply = _reply_of(first)
-    finally:
-        os.close(first)
-        os.close(second)
     assert second_reply["ok"] is False and second_reply["errno"] == "ENOENT"
     assert first_reply["ok"] is True and first_reply["name"] == "data"
 
 
 @pytest.mark.timeout(60)
 def test_reply_of_another_process_is_not_seen(view: ViewHandle, source: Path) -> None:
-    fd = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as fd:
         os.write(fd, f"attach data {source}".encode())
         # Another process runs a failing command on its own descriptor meanwhile.
         other = subprocess.run(
@@ -219,39 +215,28 @@ def test_reply_of_another_process_is_not_seen(view: ViewHandle, source: Path) ->
         )
         assert other.returncode != 0
         reply = _reply_of(fd)
-    finally:
-        os.close(fd)
     assert reply["ok"] is True and reply["name"] == "data"
 
 
 @pytest.mark.timeout(60)
 def test_a_second_command_replaces_the_reply(view: ViewHandle, source: Path) -> None:
-    fd = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as fd:
         with pytest.raises(OSError):
             os.write(fd, b"detach nosuch")
         os.write(fd, f"attach data {source}".encode())
         reply = _reply_of(fd)
-    finally:
-        os.close(fd)
     assert reply["ok"] is True and reply["name"] == "data"
 
 
 @pytest.mark.timeout(60)
 def test_open_with_o_trunc_is_accepted(view: ViewHandle, source: Path) -> None:
-    fd = os.open(_ctl_path(view), os.O_WRONLY | os.O_TRUNC)
-    try:
+    with _opened_ctl(view, os.O_WRONLY | os.O_TRUNC) as fd:
         command = f"attach data {source}\n".encode()
         assert os.write(fd, command) == len(command)
-    finally:
-        os.close(fd)
     assert names_listed(view.path) == {"data"}
-    fd = os.open(_ctl_path(view), os.O_RDWR | os.O_TRUNC)
-    try:
+    with _opened_ctl(view, os.O_RDWR | os.O_TRUNC) as fd:
         os.write(fd, b"hold data h1")
         assert _reply_of(fd)["ok"] is True
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.timeout(60)
@@ -281,8 +266,5 @@ def test_shell_redirection_succeeds_and_fails_visibly(view: ViewHandle, source: 
 
 @pytest.mark.timeout(60)
 def test_read_before_any_write_returns_nothing(view: ViewHandle) -> None:
-    fd = os.open(_ctl_path(view), os.O_RDWR)
-    try:
+    with _opened_ctl(view, os.O_RDWR) as fd:
         assert os.read(fd, 4096) == b""
-    finally:
-        os.close(fd)

@@ -22,23 +22,27 @@ import pytest
 
 from fusemount.daemon.serve import serving_pid
 from fusemount.host import daemonfiles
-from tests.control.conftest import SourceFactory
-from tests.support.control import fusemount, make_dir, reap_unmanaged, record_of
+from tests.support.control import (
+    audit_records,
+    fusemount,
+    make_dir,
+    reap_unmanaged,
+    record_of,
+)
 from tests.support.ctl import ctl_as
-from tests.support.daemon import REPO_ROOT, ViewFactory, ViewHandle, is_mounted, lazy_unmount
+from tests.support.daemon import (
+    REPO_ROOT,
+    ViewFactory,
+    ViewHandle,
+    is_mounted,
+    lazy_unmount,
+    wait_until,
+)
+from tests.support.dirs import SourceFactory
 from tests.support.users import Users
 
 LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|AUDIT|WARNING|ERROR) "
                   r"[\w.]+: ")
-
-
-def _wait(check: Callable[[], bool], timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def _hup(view: ViewHandle, config_text: str | None = None) -> None:
@@ -55,13 +59,13 @@ def _hup(view: ViewHandle, config_text: str | None = None) -> None:
         return text.count("signal SIGHUP: reloading") > done and (
             text.count("reloaded ") + text.count("reload refused") > done)
 
-    assert _wait(finished), view.daemon.stderr_text()
+    assert wait_until(finished, 15), view.daemon.stderr_text()
 
 
 def _reconciled(view: ViewHandle) -> None:
     """Wait until the daemon is ready: the view answers as soon as it is mounted, declared
     subtrees are attached after that (their user look-ups and sources run in workers)."""
-    assert _wait(lambda: "ready: " in view.daemon.stderr_text(current_run_only=True)), \
+    assert wait_until(lambda: "ready: " in view.daemon.stderr_text(current_run_only=True), 15), \
         view.daemon.stderr_text()
 
 
@@ -156,7 +160,7 @@ def test_detached_daemon_logs_to_syslog_and_audits_to_a_per_view_file_issue_15(
             assert fusemount("attach", str(view), "data", str(source)).returncode == 0
             got = _received(sock, lambda got: any("serving" in g for g in got))
         assert any(f"serving {view}" in g for g in got), got
-        records = [json.loads(line) for line in audit.read_text().splitlines()]
+        records = audit_records(audit)
         assert [r["command"] for r in records] == [f"attach data {source}"]
         assert oct(audit.stat().st_mode & 0o777) == oct(0o600)
         assert fusemount("stop", str(view)).returncode == 0
@@ -198,10 +202,9 @@ def test_sighup_reopens_the_log_file_after_logrotate_issue_15(
     log_file.rename(scratch / "daemon.log.1")
     audit.rename(scratch / "audit.jsonl.1")
     os.kill(view.daemon.pid or 0, signal.SIGHUP)
-    assert _wait(lambda: log_file.exists() and "reloaded" in log_file.read_text())
+    assert wait_until(lambda: log_file.exists() and "reloaded" in log_file.read_text(), 15)
     view.ok("detach data")
-    assert [json.loads(line)["command"] for line in audit.read_text().splitlines()] == [
-        "detach data"]
+    assert [r["command"] for r in audit_records(audit)] == ["detach data"]
     assert "serving" in (scratch / "daemon.log.1").read_text()
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import random
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ import pytest
 
 from fusemount.view.offload import THREADS_PER_USER
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.dirs import SourceFactory
 from tests.support.users import SYSTEM_PYTHON, User, Users, py_as
 
 LEASE_BREAK_TIME = Path("/proc/sys/fs/lease-break-time")
@@ -52,14 +52,6 @@ try:
 except OSError as exc:
     print("error", exc.errno, flush=True)
 '''
-
-
-@pytest.fixture
-def other_source(test_root: Path) -> Path:
-    """A second fresh source directory, like the `source` fixture."""
-    path = Path(tempfile.mkdtemp(prefix="source-", dir=test_root))
-    path.chmod(0o755)
-    return path
 
 
 @pytest.fixture
@@ -135,11 +127,11 @@ class _AsUser:
 
 @pytest.mark.timeout(90)
 def test_an_open_waiting_for_a_lease_break_blocks_nothing_else(
-    view_factory: ViewFactory, source: Path, other_source: Path, users: Users,
+    view_factory: ViewFactory, source: Path, new_source: SourceFactory, users: Users,
     short_lease_breaks: None,
 ) -> None:
     alice = users.alice
-    mine, elsewhere = source, other_source
+    mine, elsewhere = source, new_source()
     leased = mine / "leased"
     leased.write_text("alice's file")
     os.chown(leased, alice.uid, alice.gid)
@@ -258,9 +250,9 @@ def test_the_backing_descriptor_is_blocking_unless_the_caller_asked_otherwise(
 
 @pytest.mark.timeout(300)
 def test_a_long_fsync_or_freeing_a_large_file_does_not_stall_another_subtree(
-    view_factory: ViewFactory, source: Path, other_source: Path,
+    view_factory: ViewFactory, source: Path, new_source: SourceFactory,
 ) -> None:
-    busy, other = source, other_source
+    busy, other = source, new_source()
     (other / "file").write_text("x")
     view = view_factory("[cache]\nattr_timeout = 0\nentry_timeout = 0\n")
     view.ok(f"attach busy {busy}")
@@ -320,8 +312,9 @@ def test_a_long_fsync_or_freeing_a_large_file_does_not_stall_another_subtree(
 
 @pytest.mark.timeout(300)
 def test_truncating_a_large_fragmented_file_does_not_stall_another_subtree(
-    view_factory: ViewFactory, source: Path, other_source: Path,
+    view_factory: ViewFactory, source: Path, new_source: SourceFactory,
 ) -> None:
+    other_source = new_source()
     (other_source / "file").write_text("x")
     view = view_factory("[cache]\nattr_timeout = 0\nentry_timeout = 0\n")
     view.ok(f"attach busy {source}")

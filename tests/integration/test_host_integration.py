@@ -7,25 +7,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.ctl import ctl_ok
-from tests.support.daemon import is_mounted, lazy_unmount
+from tests.support.daemon import is_mounted, lazy_unmount, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait(predicate: object, timeout_s: float = 10.0) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 @pytest.mark.timeout(60)
@@ -60,7 +49,7 @@ def test_mount_t_fuse_fusemount_serves_and_umount_stops_the_daemon(
                               capture_output=True, text=True).stdout.split()
         assert pids, "the daemon should be running"
         subprocess.run(["umount", str(view)], check=True, timeout=30)
-        assert _wait(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids))
+        assert wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10)
         assert not is_mounted(view)
     finally:
         if is_mounted(view):

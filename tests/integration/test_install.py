@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.dirs import fresh_dir
 from tests.support.users import Users, run_as
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,8 +32,7 @@ def _make(target: str, dirs: dict[str, Path]) -> subprocess.CompletedProcess[str
 def test_make_install_and_uninstall(test_root: Path, users: Users) -> None:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    base = Path(tempfile.mkdtemp(prefix="install-", dir=test_root))
-    base.chmod(0o755)
+    base = fresh_dir(test_root, "install-")
     dirs = {"PREFIX": base / "opt" / "fusemount", "BINDIR": base / "bin",
             "MANDIR": base / "man", "BASHCOMPDIR": base / "bash", "ZSHCOMPDIR": base / "zsh",
             "UNITDIR": base / "systemd"}

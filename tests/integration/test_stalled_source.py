@@ -8,6 +8,7 @@ subtree keeps answering meanwhile, and that health returns once a call succeeds.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -15,13 +16,22 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.ctl import Reply
-from tests.support.daemon import ViewFactory, is_mounted, lazy_unmount
+from tests.support.daemon import ViewFactory, is_mounted, lazy_unmount, wait_until
+
+# The end of each test filesystem script: serve it on argv[1] until terminated.
+_SERVE = '''
+pyfuse3.init({cls}(), sys.argv[1], {{"fsname={fsname}"}})
+try:
+    trio.run(pyfuse3.main)
+finally:
+    pyfuse3.close()
+'''
 
 _STALLFS = r'''
 import errno, os, stat, sys
@@ -66,12 +76,29 @@ class StallFS(pyfuse3.Operations):
             await trio.sleep(30)
         return b"data"[off:off + size]
 
-pyfuse3.init(StallFS(), sys.argv[1], {"fsname=stallfs"})
-try:
-    trio.run(pyfuse3.main)
-finally:
-    pyfuse3.close()
-'''
+''' + _SERVE.format(cls="StallFS", fsname="stallfs")
+
+
+@contextlib.contextmanager
+def _serving(script: str, mnt: Path, *args: Path) -> Iterator[None]:
+    """Mount the test filesystem script at mnt (a fresh directory) for the with block; after
+    it, terminate it (kill if need be) and make sure nothing stays mounted at mnt."""
+    mnt.mkdir()
+    fs = subprocess.Popen([sys.executable, "-c", script, str(mnt), *map(str, args)],
+                          stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: is_mounted(mnt), 15), "the test filesystem did not mount"
+        yield
+    finally:
+        fs.terminate()
+        try:
+            fs.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            fs.kill()
+            fs.wait()
+        if is_mounted(mnt):
+            lazy_unmount(mnt)
+        os.sync()
 
 
 def _health(records: list[dict[str, object]], name: str) -> object:
@@ -83,14 +110,7 @@ def test_stalled_source_fails_with_eio_and_other_subtrees_keep_answering(
     view_factory: ViewFactory, test_root: Path, source: Path
 ) -> None:
     mnt = test_root / "stallfs"
-    mnt.mkdir()
-    stallfs = subprocess.Popen([sys.executable, "-c", _STALLFS, str(mnt)],
-                               stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while not is_mounted(mnt) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert is_mounted(mnt), "the stalling test filesystem did not mount"
+    with _serving(_STALLFS, mnt):
         view = view_factory("[limits]\nrequest_timeout_s = 1.0\n")
         (source / "local").write_text("local data")
         view.ok(f"attach stall {mnt}")
@@ -126,16 +146,6 @@ def test_stalled_source_fails_with_eio_and_other_subtrees_keep_answering(
         assert (view.path / "stall" / "fast").read_bytes() == b"data"
         assert _health(view.mounts_json(), "stall") == "ok"
         view.ok("detach stall")
-    finally:
-        stallfs.terminate()
-        try:
-            stallfs.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            stallfs.kill()
-            stallfs.wait()
-        if is_mounted(mnt):
-            lazy_unmount(mnt)
-        os.sync()
 
 
 # A filesystem whose lookup of `hang` answers only once the file named by argv[2] exists
@@ -161,12 +171,10 @@ class HangFS(pyfuse3.Operations):
                 await trio.sleep(0.05)
         raise pyfuse3.FUSEError(errno.ENOENT)
 
-pyfuse3.init(HangFS(), sys.argv[1], {"fsname=hangfs"})
-try:
-    trio.run(pyfuse3.main)
-finally:
-    pyfuse3.close()
-'''
+''' + _SERVE.format(cls="HangFS", fsname="hangfs")
+
+
+RELOADING = "signal SIGHUP: reloading"  # what the daemon logs when a reload begins
 
 
 def _within(seconds: float, call: Callable[[], object]) -> bool:
@@ -191,67 +199,47 @@ def test_ctl_command_on_a_hanging_source_path_neither_freezes_the_view_nor_other
     second comes from a reload's `[[subtree]]` table: two ctl writes never race in the
     daemon, since the kernel already serialises writes to one file.)"""
     mnt, release, arrived = test_root / "hangfs", test_root / "release", test_root / "arrived"
-    mnt.mkdir()
-    hangfs = subprocess.Popen([sys.executable, "-c", _HANGFS, str(mnt), str(release),
-                               str(arrived)], stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while not is_mounted(mnt) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert is_mounted(mnt), "the hanging test filesystem did not mount"
-        view = view_factory()
-        (source / "local").write_text("local data")
-        view.ok(f"attach local {source}")
-        second = test_root / "second"
-        second.mkdir()
-        config = view.daemon.config_path.read_text()
-
-        replies: dict[str, Reply] = {}
-
-        def run(key: str, command: str) -> threading.Thread:
-            thread = threading.Thread(target=lambda: replies.__setitem__(key, view.ctl(command)))
-            thread.start()
-            return thread
-
-        hung = run("hung", f"attach hung {mnt / 'hang'}")
-        deadline = time.monotonic() + 15
-        while not arrived.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert arrived.exists(), "the attach never looked the source up"
-        reloads = view.daemon.stderr_text().count("signal SIGHUP: reloading")
-        view.daemon.config_path.write_text(
-            f'{config}\n[[subtree]]\nname = "second"\nsource = "{second}"\n')
-        assert view.daemon.pid is not None
-        os.kill(view.daemon.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while (view.daemon.stderr_text().count("signal SIGHUP: reloading") == reloads
-               and time.monotonic() < deadline):
-            time.sleep(0.02)
-
-        # The view answers while the source hangs.
-        assert _within(5, lambda: (view.path / "local" / "local").read_text()), "view froze"
-        assert _within(5, lambda: os.stat(view.path)), "view froze"
-        assert _within(5, view.mounts), "the control files froze"
-        # The reload's attach waits for the hung command instead of overtaking it.
-        time.sleep(0.5)
-        assert hung.is_alive(), replies
-        assert {r["name"] for r in view.mounts_json()} == {"local"}
-
-        release.touch()
-        hung.join(timeout=30)
-        assert not hung.is_alive()
-        assert replies["hung"].errno == errno.ENOENT, replies["hung"]
-        deadline = time.monotonic() + 10
-        while {r["name"] for r in view.mounts_json()} != {"local", "second"}:
-            assert time.monotonic() < deadline, view.mounts_json()
-            time.sleep(0.05)
-    finally:
-        release.touch()
-        hangfs.terminate()
+    with _serving(_HANGFS, mnt, release, arrived):
         try:
-            hangfs.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            hangfs.kill()
-            hangfs.wait()
-        if is_mounted(mnt):
-            lazy_unmount(mnt)
+            view = view_factory()
+            (source / "local").write_text("local data")
+            view.ok(f"attach local {source}")
+            second = test_root / "second"
+            second.mkdir()
+            config = view.daemon.config_path.read_text()
+
+            replies: dict[str, Reply] = {}
+
+            def run(key: str, command: str) -> threading.Thread:
+                thread = threading.Thread(
+                    target=lambda: replies.__setitem__(key, view.ctl(command)))
+                thread.start()
+                return thread
+
+            hung = run("hung", f"attach hung {mnt / 'hang'}")
+            assert wait_until(arrived.exists, 15, 0.02), "the attach never looked the source up"
+            reloads = view.daemon.stderr_text().count(RELOADING)
+            view.daemon.config_path.write_text(
+                f'{config}\n[[subtree]]\nname = "second"\nsource = "{second}"\n')
+            assert view.daemon.pid is not None
+            os.kill(view.daemon.pid, signal.SIGHUP)
+            wait_until(lambda: view.daemon.stderr_text().count(RELOADING) != reloads, 10, 0.02)
+
+            # The view answers while the source hangs.
+            assert _within(5, lambda: (view.path / "local" / "local").read_text()), "view froze"
+            assert _within(5, lambda: os.stat(view.path)), "view froze"
+            assert _within(5, view.mounts), "the control files froze"
+            # The reload's attach waits for the hung command instead of overtaking it.
+            time.sleep(0.5)
+            assert hung.is_alive(), replies
+            assert {r["name"] for r in view.mounts_json()} == {"local"}
+
+            release.touch()
+            hung.join(timeout=30)
+            assert not hung.is_alive()
+            assert replies["hung"].errno == errno.ENOENT, replies["hung"]
+            both = {"local", "second"}
+            assert wait_until(lambda: {r["name"] for r in view.mounts_json()} == both, 10), \
+                view.mounts_json()
+        finally:
+            release.touch()  # the hung lookup must end before the filesystem can

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.support.control import audit_config, audit_records
 from tests.support.daemon import ViewFactory
 
 
@@ -18,10 +18,10 @@ def _names(view: Path) -> list[str]:
 
 @pytest.mark.timeout(60)
 def test_idle_subtree_with_expire_detaches_and_audit_says_so(
-    view_factory: ViewFactory, source: Path, test_root: Path
+    view_factory: ViewFactory, source: Path, scratch: Path
 ) -> None:
-    audit = test_root / "expire-audit.log"
-    view = view_factory(f'[log]\naudit = "{audit}"\n')
+    audit = scratch / "audit.log"
+    view = view_factory(audit_config(audit))
     (source / "f").write_text("x")
     view.ok(f"attach idle {source} expire=1.5 holder=vm1")
     assert "idle" in _names(view.path)
@@ -30,9 +30,10 @@ def test_idle_subtree_with_expire_detaches_and_audit_says_so(
         time.sleep(0.2)
     assert "idle" not in _names(view.path)
     assert view.mounts_json() == []
-    records = [json.loads(line) for line in audit.read_text().splitlines()]
-    expired = [r for r in records if r["command"] == "expire idle"]
-    assert expired and expired[0]["changes"]["holders_released"] == ["vm1"]
+    expired = [r for r in audit_records(audit) if r["command"] == "expire idle"]
+    assert expired
+    changes = expired[0]["changes"]
+    assert isinstance(changes, dict) and changes["holders_released"] == ["vm1"]
 
 
 @pytest.mark.timeout(60)

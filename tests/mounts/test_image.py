@@ -147,7 +147,7 @@ def _restart_with_image_changed(view: ViewHandle, image: Path,
     assert view.daemon.stop() == 0
     assert wait_loop_released(image) == []
     change()
-    view.daemon.start(view.path, view.daemon.config_text, view.state, view.daemon.extra_args)
+    view.start_again()
     record = _record(view, "e1")
     assert record["state"] == "failed", record
     assert isinstance(record["reason"], str) and record["reason"], record

@@ -8,20 +8,18 @@ whatever refuses alice directly in VIEW/NAME is the source root's own permission
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import struct
 import subprocess
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.permissions import config, make_dir, make_file, probe
-from tests.support.users import PRELUDE, SYSTEM_PYTHON, User, Users, py_as
+from tests.support.users import Users, UserSteps, py_as
 
 pytestmark = pytest.mark.needs_root
 
@@ -214,45 +212,17 @@ def test_gate_entries_directly_in_the_gate_are_judged_by_the_source_root(
     assert os.stat(source / "box" / "new").st_uid == alice.uid
 
 
-class _Shell:
-    """A process of one user with its cwd inside the view, answering steps on request."""
-
-    def __init__(self, user: User, cwd: Path, file: str) -> None:
-        code = PRELUDE + f"""
-os.chdir({str(cwd)!r})
-for line in sys.stdin:
-    print(json.dumps({{
-        "getcwd": errno_of(os.getcwd),
-        "cwd": os.getcwd() if errno_of(os.getcwd) == 0 else None,
-        "list .": errno_of(lambda: os.listdir(".")),
-        "read file": errno_of(lambda: open({file!r}, "rb").read()),
-        "stat ..": errno_of(lambda: os.stat("..")),
-    }}), flush=True)
+def _cwd_step(file: str) -> str:
+    """A UserSteps step: is the cwd (inside the view) still usable, and file through it?"""
+    return f"""
+return {{
+    "getcwd": errno_of(os.getcwd),
+    "cwd": os.getcwd() if errno_of(os.getcwd) == 0 else None,
+    "list .": errno_of(lambda: os.listdir(".")),
+    "read file": errno_of(lambda: open({file!r}, "rb").read()),
+    "stat ..": errno_of(lambda: os.stat("..")),
+}}
 """
-        self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
-             SYSTEM_PYTHON, "-I", "-c", code],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd="/")
-
-    def step(self) -> dict[str, object]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        assert line, self.proc.communicate(timeout=10)[1]
-        value = json.loads(line)
-        assert isinstance(value, dict)
-        return value
-
-    def __enter__(self) -> _Shell:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=10)
 
 
 @pytest.mark.timeout(60)
@@ -262,8 +232,8 @@ def test_gate_allowed_users_cwd_stays_valid_after_outsider_lookups(
     """With hidden names, an outsider's failed lookup of VIEW/NAME drops the shared dentry and
     a shell whose cwd is VIEW/NAME then fails getcwd(); the gate never refuses a lookup."""
     box = gated.path / "box"
-    with _Shell(users.bob, box, "sub/file") as bob, \
-            _Shell(users.alice, box / "sub", "file") as alice:
+    with UserSteps(users.bob, box, [_cwd_step("sub/file")] * 3) as bob, \
+            UserSteps(users.alice, box / "sub", [_cwd_step("file")] * 3) as alice:
         shells = {bob: str(box), alice: str(box / "sub")}
         before = {shell: shell.step() for shell in shells}
         for shell, cwd in shells.items():

@@ -45,20 +45,14 @@ step("create 04755", lambda: os.close(os.open(p("c"), os.O_CREAT | os.O_WRONLY, 
 step("chmod own u+s", lambda: os.chmod(p("c"), 0o4755), p("c"))
 step("chmod own g+s", lambda: os.chmod(p("c"), 0o2755), p("c"))
 step("chmod alice's u+s", lambda: os.chmod(p("a"), 0o4775), p("a"))
-def write_one():
-    fd = os.open(p("w"), os.O_WRONLY)
+def write_x(name):
+    fd = os.open(p(name), os.O_WRONLY)
     try:
         os.write(fd, b"x")
     finally:
         os.close(fd)
-step("write 06777", write_one, p("w"))
-def write_two():
-    fd = os.open(p("s"), os.O_WRONLY)
-    try:
-        os.write(fd, b"x")
-    finally:
-        os.close(fd)
-step("write 02767 (no group x)", write_two, p("s"))
+step("write 06777", lambda: write_x("w"), p("w"))
+step("write 02767 (no group x)", lambda: write_x("s"), p("s"))
 step("truncate 06777", lambda: os.truncate(p("t"), 3), p("t"))
 step("O_TRUNC 06777", lambda: os.close(os.open(p("o"), os.O_WRONLY | os.O_TRUNC)), p("o"))
 step("chown 06777 to root", lambda: os.chown(p("g"), 0, -1), p("g"))

@@ -12,35 +12,14 @@ Serves SPEC 3 (the posix suite runs on a plain directory and on the view).
 
 from __future__ import annotations
 
-import errno
-import itertools
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import Daemon, ViewHandle, problems_in_log
-
-_names = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """native: a plain directory; view_dir: VIEW/name, backed by backing."""
-
-    native: Path
-    view_dir: Path
-    backing: Path
-    name: str
-
-
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o755)
-    return path
-
+from tests.support.daemon import ViewHandle, new_view, teardown_problems
+from tests.support.dirs import fresh_dir
+from tests.support.pairs import Pair, attach_pair, detach_pair
 
 # Cases run on VIEW/NAME itself, whose attributes are the source root's only under hidden
 # names (SPEC 3); in the default gate mode VIEW/NAME shows its gate (tested in
@@ -59,52 +38,20 @@ def posix_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def posix_view(test_root: Path, posix_mode: str) -> Iterator[ViewHandle]:
     """A live view in posix_mode, shared by the tests of one module."""
-    workdir = _fresh_dir(test_root, "posix-view-")
-    path = workdir / "mnt"
-    path.mkdir(mode=0o755)
-    daemon = Daemon(workdir)
-    handle = ViewHandle(path, daemon.state, daemon, workdir)
-    problems: list[str] = []
+    handle = new_view(test_root, "posix-view-")
     try:
-        daemon.start(path, MODE_CONFIG[posix_mode], handle.state)
+        handle.daemon.start(handle.path, MODE_CONFIG[posix_mode], handle.state)
         yield handle
     finally:
-        problems += daemon.cleanup().problems()
-        bad = problems_in_log(daemon.stderr_text())
-        if bad:
-            problems.append("daemon logged problems:\n  " + "\n  ".join(bad)
-                            + f"\n--- daemon output ---\n{daemon.stderr_text()}")
+        problems = teardown_problems(handle)
     if problems:
-        pytest.fail(f"{path}: " + "\n".join(problems), pytrace=False)
-
-
-def attach_pair(view: ViewHandle, parent: Path) -> Pair:
-    """Make parent/native and parent/backing, and attach backing as a new subtree."""
-    native = parent / "native"
-    backing = parent / "backing"
-    native.mkdir(mode=0o755)
-    backing.mkdir(mode=0o755)
-    native.chmod(0o755)
-    backing.chmod(0o755)
-    name = f"posix{next(_names)}"
-    view.ok(f"attach {name} {backing}")
-    return Pair(native, view.path / name, backing, name)
-
-
-def detach_pair(view: ViewHandle, pair: Pair) -> None:
-    """Detach the pair's subtree; a case that left a file open gets a forced detach and a
-    failure, because every case must close what it opened."""
-    reply = view.ctl(f"detach {pair.name}")
-    if reply.errno == errno.EBUSY:
-        view.ok(f"detach {pair.name} force")
-        pytest.fail(f"{pair.name}: files were still open under the subtree after the test")
-    assert reply.errno is None, reply.describe(f"detach {pair.name}")
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.fixture
 def pair(posix_view: ViewHandle, source: Path) -> Iterator[Pair]:
     """Two empty directories for one test: a plain one and a freshly attached subtree."""
-    made = attach_pair(posix_view, source)
+    made = attach_pair(posix_view, source, "posix")
     yield made
     detach_pair(posix_view, made)
 
@@ -113,6 +60,6 @@ def pair(posix_view: ViewHandle, source: Path) -> Iterator[Pair]:
 def module_pair(posix_view: ViewHandle, test_root: Path) -> Iterator[Pair]:
     """Like pair, but shared by a module (for hypothesis, whose examples cannot take
     function-scoped fixtures); each example works in its own fresh subdirectory."""
-    made = attach_pair(posix_view, _fresh_dir(test_root, "posix-pair-"))
+    made = attach_pair(posix_view, fresh_dir(test_root, "posix-pair-"), "posix")
     yield made
     detach_pair(posix_view, made)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.posix.cases import CASES, JSON, RULES, snapshot
-from tests.posix.conftest import Pair, attach_pair, detach_pair
 from tests.support.daemon import ViewHandle
+from tests.support.pairs import Pair, attach_pair, detach_pair
 
 pytestmark = pytest.mark.needs_root  # the daemon mounts a FUSE view
 
@@ -61,7 +61,7 @@ def test_rename_and_link_between_subtrees_are_exdev(
     posix_view: ViewHandle, pair: Pair, source: Path
 ) -> None:
     (source / "second").mkdir()
-    other = attach_pair(posix_view, source / "second")
+    other = attach_pair(posix_view, source / "second", "posix")
     try:
         (pair.view_dir / "f").write_bytes(b"x")
         (pair.view_dir / "sub").mkdir()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from fusemount.host import syscalls
 from tests.posix.cases import JSON, info, opened, outcome, snapshot
-from tests.posix.conftest import Pair
+from tests.support.pairs import Pair
 
 pytestmark = pytest.mark.needs_root  # the daemon mounts a FUSE view
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.posix.cases import JSON, write_file
-from tests.posix.conftest import Pair
+from tests.support.pairs import Pair
 
 pytestmark = pytest.mark.needs_root  # the daemon mounts a FUSE view
 

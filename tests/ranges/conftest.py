@@ -13,32 +13,20 @@ issue 14).
 
 from __future__ import annotations
 
-import itertools
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.support import pairs
 from tests.support.daemon import ViewHandle, lazy_unmount
+from tests.support.dirs import fresh_dir
 from tests.support.mounts import release_loops
+from tests.support.pairs import Pair
 
 FSTYPES = ("ext4", "tmpfs")
 FS_BYTES = 64 << 20
-_names = itertools.count(1)
-
-
-@dataclass(frozen=True, slots=True)
-class Pair:
-    """native: a plain directory; view_dir: VIEW/name, backed by backing (same filesystem)."""
-
-    native: Path
-    view_dir: Path
-    backing: Path
-    name: str
-    fstype: str
 
 
 def _mount(fstype: str, where: Path, image: Path) -> None:
@@ -53,8 +41,7 @@ def _mount(fstype: str, where: Path, image: Path) -> None:
 def host_fs(request: pytest.FixtureRequest, test_root: Path) -> Iterator[tuple[str, Path]]:
     """(fstype, mount point) of a 64 MiB filesystem mounted on the host for this module."""
     fstype: str = request.param
-    base = Path(tempfile.mkdtemp(prefix=f"ranges-{fstype}-", dir=test_root))
-    base.chmod(0o755)
+    base = fresh_dir(test_root, f"ranges-{fstype}-")
     where = base / "mnt"
     where.mkdir(mode=0o755)
     image = base / "fs.img"
@@ -74,15 +61,8 @@ def host_fs(request: pytest.FixtureRequest, test_root: Path) -> Iterator[tuple[s
 
 
 def attach_pair(view: ViewHandle, host: tuple[str, Path]) -> Pair:
-    fstype, where = host
-    parent = Path(tempfile.mkdtemp(prefix="pair-", dir=where))
-    parent.chmod(0o755)
-    native, backing = parent / "native", parent / "backing"
-    native.mkdir(mode=0o755)
-    backing.mkdir(mode=0o755)
-    name = f"r{next(_names)}"
-    view.ok(f"attach {name} {backing}")
-    return Pair(native, view.path / name, backing, name, fstype)
+    """A plain directory and a fresh subtree side by side in a new directory on host."""
+    return pairs.attach_pair(view, fresh_dir(host[1], "pair-"), "r")
 
 
 @pytest.fixture
@@ -90,5 +70,4 @@ def pair(view: ViewHandle, host_fs: tuple[str, Path]) -> Iterator[Pair]:
     """A plain directory and a fresh subtree side by side on host_fs."""
     made = attach_pair(view, host_fs)
     yield made
-    view.ok(f"detach {made.name}")
-
+    pairs.detach_pair(view, made)

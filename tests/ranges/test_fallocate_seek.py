@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from fusemount.host import syscalls
-from tests.ranges.conftest import Pair
 from tests.support.daemon import ViewHandle
+from tests.support.pairs import Pair
 from tests.support.ranges import KiB, Summary, describe, make_sparse, past_end, seek_map
 from tests.support.users import Users, py_as
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ranges.conftest import Pair
+from tests.support.pairs import Pair
 from tests.support.ranges import describe
 
 pytestmark = [

@@ -6,11 +6,11 @@ Never: put the decoy inside the source or the view, or leave anything mounted on
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import pytest
 
+from tests.support.dirs import fresh_dir
 from tests.support.escape import Trees, build_decoy, build_original
 
 
@@ -18,7 +18,6 @@ from tests.support.escape import Trees, build_decoy, build_original
 def trees(source: Path, test_root: Path) -> Trees:
     """`source` filled with the original layout, and a decoy directory beside it."""
     build_original(source)
-    decoy = Path(tempfile.mkdtemp(prefix="decoy-", dir=test_root))
-    decoy.chmod(0o755)
+    decoy = fresh_dir(test_root, "decoy-")
     build_decoy(decoy)
     return Trees(source=source, decoy=decoy)

@@ -10,39 +10,19 @@ file exactly as they were.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.support.ctl import ctl_as
+from tests.support.ctl import ctl_as, unexpected_answers
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.dirs import fresh_dir
 from tests.support.escape import Trees
-from tests.support.users import User, Users
-
-
-def _user_dir(parent: Path, owner: User | None, prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    path.chmod(0o755)
-    if owner is not None:
-        os.chown(path, owner.uid, owner.gid)
-    return path
+from tests.support.users import Users
 
 
 def _frozen(view: ViewHandle) -> tuple[object, ...]:
     return (view.mounts_json(), view.state.read_bytes(), sorted(os.listdir(view.path)))
-
-
-def _refusals(view: ViewHandle, user: User,
-              commands: dict[str, set[str]]) -> dict[str, str]:
-    """Run each command as user; return the ones whose answer is not in its allowed set."""
-    wrong = {}
-    for command, allowed in commands.items():
-        reply = ctl_as(user, view.path, command)
-        got = reply.errno_name or "ok"
-        if got not in allowed:
-            wrong[command] = f"{got} (want {'/'.join(sorted(allowed))})"
-    return wrong
 
 
 @pytest.mark.timeout(90)
@@ -51,7 +31,7 @@ def test_non_admin_writing_every_control_command_is_refused_and_changes_nothing(
 ) -> None:
     view.ok(f"attach data {trees.source} allow={users.alice.name}:rw")
     view.ok(f"attach held {trees.source} holder=h1")
-    carols = _user_dir(test_root, users.carol, "carol-")
+    carols = fresh_dir(test_root, "carol-", users.carol)
     before = _frozen(view)
     src = trees.source
     denied = {"EACCES", "ENOENT"}
@@ -74,7 +54,7 @@ def test_non_admin_writing_every_control_command_is_refused_and_changes_nothing(
         "detach held force": denied,
     }
     for user in (users.carol, users.alice, users.dave):
-        wrong = _refusals(view, user, commands)
+        wrong = unexpected_answers(view.path, user, commands)
         assert not wrong, f"{user.name}: {wrong}"
         assert _frozen(view) == before, f"a refused command by {user.name} changed something"
 
@@ -83,14 +63,14 @@ def test_non_admin_writing_every_control_command_is_refused_and_changes_nothing(
 def test_self_service_user_cannot_take_others_sources_or_subtrees(
     view_factory: ViewFactory, trees: Trees, users: Users, test_root: Path
 ) -> None:
-    roots = _user_dir(test_root, None, "selfservice-")
+    roots = fresh_dir(test_root, "selfservice-")
     view = view_factory(config_text=f'[access]\nself_service = true\n'
                                     f'self_service_roots = ["{roots}"]\n')
     carol = users.carol
-    carols = _user_dir(roots, carol, "carol-")
-    outside = _user_dir(test_root, carol, "carol-outside-")
-    roots_own = _user_dir(roots, None, "root-owned-")
-    alices = _user_dir(roots, users.alice, "alice-")
+    carols = fresh_dir(roots, "carol-", carol)
+    outside = fresh_dir(test_root, "carol-outside-", carol)
+    roots_own = fresh_dir(roots, "root-owned-")
+    alices = fresh_dir(roots, "alice-", users.alice)
     (roots / "carol-link").symlink_to(roots_own)
     os.lchown(roots / "carol-link", carol.uid, carol.gid)
     view.ok(f"attach data {trees.source} allow={users.alice.name}:rw")
@@ -110,14 +90,14 @@ def test_self_service_user_cannot_take_others_sources_or_subtrees(
         f"set data allow={carol.name}:rw": {"ENOENT"},
         "detach data force": {"ENOENT"},
     }
-    wrong = _refusals(view, carol, commands)
+    wrong = unexpected_answers(view.path, carol, commands)
     assert not wrong, wrong
     assert _frozen(view) == before
     # Self service works for what carol owns; giving it away still does not.
     reply = ctl_as(carol, view.path, f"attach mine {carols}")
     assert reply.errno is None, reply.raw
     table = view.mounts_json()
-    wrong = _refusals(view, carol, {
+    wrong = unexpected_answers(view.path, carol, {
         f"set mine owner={users.alice.name}": {"EACCES"},
         "set mine owner=root": {"EACCES"},
         f"attach mine2 {carols} owner={users.alice.name}": {"EACCES"},

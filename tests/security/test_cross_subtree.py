@@ -8,20 +8,19 @@ sharpest case is one source attached under two names, where the backing rename w
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import ViewHandle
+from tests.support.dirs import fresh_dir
 from tests.support.escape import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     Trees,
     build_original,
-    errno_of,
-    name_of,
+    outcomes,
     rename_paths,
     snapshot,
 )
@@ -42,7 +41,7 @@ def _cross_moves(v: Path) -> dict[str, str]:
         "link": lambda: os.link(a / "hello.txt", b / "linked"),
         "link into b's subdir": lambda: os.link(a / "sub" / "file", b / "sub" / "linked"),
     }
-    return {what: name_of(errno_of(fn)) for what, fn in attempts.items()}
+    return outcomes(attempts)
 
 
 @pytest.mark.timeout(60)
@@ -61,8 +60,7 @@ def test_rename_and_link_between_two_names_of_one_source_fail_exdev(
 def test_rename_and_link_between_subtrees_on_one_filesystem_fail_exdev(
     view: ViewHandle, trees: Trees, test_root: Path
 ) -> None:
-    other = Path(tempfile.mkdtemp(prefix="other-", dir=test_root))
-    other.chmod(0o755)
+    other = fresh_dir(test_root, "other-")
     build_original(other)
     assert os.stat(other).st_dev == os.stat(trees.source).st_dev
     before = (snapshot(trees.source), snapshot(other))

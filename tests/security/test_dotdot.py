@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import ViewHandle
+from tests.support.dirs import fresh_dir
 from tests.support.escape import (
     Trees,
     assert_no_secret,
@@ -28,8 +28,7 @@ from tests.support.escape import (
 
 
 def _second_source(test_root: Path) -> Path:
-    other = Path(tempfile.mkdtemp(prefix="other-", dir=test_root))
-    other.chmod(0o755)
+    other = fresh_dir(test_root, "other-")
     build_original(other)
     (other / "only-in-b").write_bytes(b"b\n")
     return other

@@ -24,6 +24,7 @@ from tests.support.escape import (
     Trees,
     errno_of,
     name_of,
+    outcomes,
     rename_paths,
     snapshot,
 )
@@ -53,18 +54,15 @@ def test_device_nodes_created_through_view_fail_eperm_even_for_root(
 ) -> None:
     deny_view.ok(f"attach data {trees.source}")
     d = deny_view.path / "data"
-    got = {
-        "char 1:3": errno_of(lambda: os.mknod(d / "null", stat.S_IFCHR | 0o666,
-                                              os.makedev(1, 3))),
-        "char 1:1 (mem)": errno_of(lambda: os.mknod(d / "mem", stat.S_IFCHR | 0o600,
-                                                    os.makedev(1, 1))),
-        "block 7:0": errno_of(lambda: os.mknod(d / "loop", stat.S_IFBLK | 0o600,
-                                               os.makedev(7, 0))),
-        "whiteout 0:0": errno_of(lambda: os.mknod(d / "wh", stat.S_IFCHR, os.makedev(0, 0))),
-        "block in subdir": errno_of(lambda: os.mknod(d / "sub" / "sda", stat.S_IFBLK | 0o600,
-                                                     os.makedev(8, 0))),
-    }
-    assert {k: name_of(v) for k, v in got.items()} == dict.fromkeys(got, "EPERM")
+    got = outcomes({
+        "char 1:3": lambda: os.mknod(d / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+        "char 1:1 (mem)": lambda: os.mknod(d / "mem", stat.S_IFCHR | 0o600, os.makedev(1, 1)),
+        "block 7:0": lambda: os.mknod(d / "loop", stat.S_IFBLK | 0o600, os.makedev(7, 0)),
+        "whiteout 0:0": lambda: os.mknod(d / "wh", stat.S_IFCHR, os.makedev(0, 0)),
+        "block in subdir": lambda: os.mknod(d / "sub" / "sda", stat.S_IFBLK | 0o600,
+                                            os.makedev(8, 0)),
+    })
+    assert got == dict.fromkeys(got, "EPERM")
     _no_device_or_setid(trees.source)
 
 
@@ -88,18 +86,17 @@ def test_setid_bits_on_regular_file_through_view_fail_eperm_even_for_root(
     deny_view.ok(f"attach data {trees.source}")
     d = deny_view.path / "data"
     f = d / "hello.txt"
-    got = {
-        "chmod u+s": errno_of(lambda: os.chmod(f, 0o4755)),
-        "chmod g+s": errno_of(lambda: os.chmod(f, 0o2755)),
-        "chmod ug+s": errno_of(lambda: os.chmod(f, 0o6755)),
-        "chmod u+s by fd": errno_of(lambda: _fchmod(f, 0o4644)),
-        "create 04755": errno_of(lambda: os.close(os.open(d / "c1", os.O_CREAT | os.O_WRONLY,
-                                                          0o4755))),
-        "create 02755": errno_of(lambda: os.close(os.open(d / "c2", os.O_CREAT | os.O_WRONLY
-                                                          | os.O_EXCL, 0o2755))),
-        "mknod 04755": errno_of(lambda: os.mknod(d / "c3", stat.S_IFREG | 0o4755)),
-    }
-    assert {k: name_of(v) for k, v in got.items()} == dict.fromkeys(got, "EPERM")
+    got = outcomes({
+        "chmod u+s": lambda: os.chmod(f, 0o4755),
+        "chmod g+s": lambda: os.chmod(f, 0o2755),
+        "chmod ug+s": lambda: os.chmod(f, 0o6755),
+        "chmod u+s by fd": lambda: _fchmod(f, 0o4644),
+        "create 04755": lambda: os.close(os.open(d / "c1", os.O_CREAT | os.O_WRONLY, 0o4755)),
+        "create 02755": lambda: os.close(os.open(d / "c2", os.O_CREAT | os.O_WRONLY
+                                                 | os.O_EXCL, 0o2755)),
+        "mknod 04755": lambda: os.mknod(d / "c3", stat.S_IFREG | 0o4755),
+    })
+    assert got == dict.fromkeys(got, "EPERM")
     assert not {"c1", "c2", "c3"} & set(os.listdir(trees.source))
     _no_device_or_setid(trees.source)
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
 import pytest
 
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.escape import LAYOUT_DIRS, LAYOUT_FILES, Trees, snapshot
-from tests.support.users import PRELUDE, SYSTEM_PYTHON, User, Users, py_as
+from tests.support.users import PRELUDE, SYSTEM_PYTHON, User, Users, UserSteps, py_as
 
 DENIED = {"ENOENT", "EACCES"}
 
@@ -203,48 +203,6 @@ print(json.dumps({{
     assert os.listxattr(trees.source / "hello.txt") == ["user.keep"]
 
 
-class _AsUser:
-    """A Python process of one user that runs step after step on request, keeping its cwd.
-
-    Each step is the body of a function returning a JSON value; `step()` runs the next one.
-    """
-
-    def __init__(self, user: User, cwd: Path, steps: list[str]) -> None:
-        body = "\n".join(
-            f"def step{i}():\n" + "\n".join("    " + line for line in s.strip().splitlines())
-            for i, s in enumerate(steps)
-        )
-        code = (PRELUDE + "\n" + body + f"\nos.chdir({str(cwd)!r})\n"
-                f"for i in range({len(steps)}):\n"
-                "    sys.stdin.readline()\n"
-                "    print(json.dumps(globals()['step%d' % i]()), flush=True)\n")
-        self.proc = subprocess.Popen(
-            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
-             SYSTEM_PYTHON, "-I", "-c", code],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            cwd="/",
-        )
-
-    def step(self) -> object:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("go\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            _, err = self.proc.communicate(timeout=10)
-            raise AssertionError(f"user process died: {err}")
-        return json.loads(line)
-
-    def __enter__(self) -> _AsUser:
-        return self
-
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=10)
-
-
 # Steps that use the process's cwd (VIEW/NAME/sub) and relative paths only.
 _INSIDE = """
 return {
@@ -260,18 +218,23 @@ return {
 """
 
 
+def _inside_across(user: User, cwd: Path, change: Callable[[], object]) -> dict[str, object]:
+    """Run the _INSIDE steps as user, cwd inside the view, before and after change(): before,
+    every one must succeed; return what they got after."""
+    with UserSteps(user, cwd, [_INSIDE, _INSIDE]) as process:
+        before = process.step()
+        assert before == dict.fromkeys(before, 0), before
+        change()
+        return process.step()
+
+
 @pytest.mark.timeout(60)
 def test_revoked_grant_takes_effect_at_once_for_process_with_cwd_inside(
     view: ViewHandle, trees: Trees, users: Users
 ) -> None:
     view.ok(f"attach shared {trees.source} allow={users.alice.name}:rw")
-    with _AsUser(users.alice, view.path / "shared" / "sub", [_INSIDE, _INSIDE]) as alice:
-        before = alice.step()
-        assert isinstance(before, dict)
-        assert before == dict.fromkeys(before, 0), before
-        view.ok("set shared allow=")
-        after = alice.step()
-    assert isinstance(after, dict)
+    after = _inside_across(users.alice, view.path / "shared" / "sub",
+                           lambda: view.ok("set shared allow="))
     leaks = {what: code for what, code in after.items() if code not in DENIED}
     assert not leaks, f"a revoked grant still works: {leaks}"
     _assert_shut_out(_probe(users.alice, view, "shared"), "shared", view)
@@ -293,13 +256,8 @@ def test_detached_subtree_is_gone_at_once_for_everyone(
 ) -> None:
     before = snapshot(trees.source)
     assert snapshot(team_view.path / "hidden") == before
-    with _AsUser(users.alice, team_view.path / "hidden" / "sub", [_INSIDE, _INSIDE]) as alice:
-        first = alice.step()
-        assert isinstance(first, dict)
-        assert first == dict.fromkeys(first, 0), first
-        team_view.ok("detach hidden")
-        after = alice.step()
-    assert isinstance(after, dict)
+    after = _inside_across(users.alice, team_view.path / "hidden" / "sub",
+                           lambda: team_view.ok("detach hidden"))
     leaks = {what: code for what, code in after.items() if code not in DENIED | {"ESTALE"}}
     assert not leaks, f"a detached subtree still answers: {leaks}"
     for user in (users.alice, users.bob):

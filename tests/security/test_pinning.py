@@ -10,9 +10,10 @@ the decoy.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,23 @@ from tests.support.escape import (
     build_original,
     mounted,
     original,
+    put_decoy_in_place,
     run,
     snapshot,
 )
 
 WRITTEN = b"written through the view\n"
+
+
+@contextlib.contextmanager
+def _pinned(directory: Path) -> Iterator[int]:
+    """An O_PATH descriptor of directory for the block: whatever happens to the path later,
+    it still names the original."""
+    fd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def _prove_view_shows_original(view_dir: Path, expected: Snapshot) -> None:
@@ -66,8 +79,7 @@ def test_source_overmounted_by_bind_after_attach_is_not_followed(
     view: ViewHandle, trees: Trees
 ) -> None:
     before = snapshot(trees.source)
-    pinned = os.open(trees.source, os.O_PATH | os.O_DIRECTORY)
-    try:
+    with _pinned(trees.source) as pinned:
         view.ok(f"attach data {trees.source}")
         with mounted(["--bind", str(trees.decoy)], trees.source):
             assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
@@ -76,8 +88,6 @@ def test_source_overmounted_by_bind_after_attach_is_not_followed(
             _prove_view_shows_original(view.path / "data", _expected_after_write(before))
             trees.decoy_unchanged()
         assert snapshot(pinned) == _expected_after_write(before)
-    finally:
-        os.close(pinned)
 
 
 @pytest.mark.timeout(60)
@@ -85,8 +95,7 @@ def test_directory_inside_source_overmounted_by_bind_after_attach_is_not_followe
     view: ViewHandle, trees: Trees
 ) -> None:
     before = snapshot(trees.source)
-    pinned_sub = os.open(trees.source / "sub", os.O_PATH | os.O_DIRECTORY)
-    try:
+    with _pinned(trees.source / "sub") as pinned_sub:
         view.ok(f"attach data {trees.source}")
         with mounted(["--bind", str(trees.decoy / "sub")], trees.source / "sub"):
             assert SECRET_NAME in os.listdir(trees.source / "sub"), "attack did not take effect"
@@ -98,8 +107,6 @@ def test_directory_inside_source_overmounted_by_bind_after_attach_is_not_followe
         sub = snapshot(pinned_sub)
         assert sub["new"] == WRITTEN
         assert sub["deep/newdir"] == "<dir>"
-    finally:
-        os.close(pinned_sub)
 
 
 @pytest.mark.timeout(60)
@@ -127,8 +134,7 @@ def test_source_tmpfs_lazily_unmounted_after_attach_keeps_serving_original(
     with mounted(["-t", "tmpfs", "-o", "size=4m,mode=0755", "none"], source):
         build_original(source)
         before = snapshot(source)
-        pinned = os.open(source, os.O_PATH | os.O_DIRECTORY)
-        try:
+        with _pinned(source) as pinned:
             view.ok(f"attach data {source}")
             run(["umount", "-l", str(source)])
             assert not is_mounted(source)
@@ -138,20 +144,15 @@ def test_source_tmpfs_lazily_unmounted_after_attach_keeps_serving_original(
             _prove_view_shows_original(view.path / "data", _expected_after_write(before))
             assert snapshot(pinned) == _expected_after_write(before)
             assert snapshot(source) == under, "a write through the view reached the path"
-        finally:
-            os.close(pinned)
 
 
 def _swap_source_after_attach(view: ViewHandle, trees: Trees,
-                              put_decoy: Callable[[], None]) -> None:
-    """Attach the source, move it away, put_decoy() at its path: the view keeps serving the
-    original tree, and a write through the view lands in the moved original."""
+                              how: Callable[[Path, Path], None]) -> None:
+    """Attach the source, move it away, put the decoy at its path with how: the view keeps
+    serving the original tree, and a write through the view lands in the moved original."""
     before = snapshot(trees.source)
     view.ok(f"attach data {trees.source}")
-    moved = trees.source.with_name(trees.source.name + ".moved")
-    os.rename(trees.source, moved)
-    put_decoy()
-    assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
+    moved = put_decoy_in_place(trees, how)
     _prove_view_shows_original(view.path / "data", before)
     _write_through(view.path / "data")
     assert snapshot(moved) == _expected_after_write(before)
@@ -161,7 +162,7 @@ def _swap_source_after_attach(view: ViewHandle, trees: Trees,
 def test_source_renamed_and_replaced_by_symlink_after_attach_is_not_followed(
     view: ViewHandle, trees: Trees
 ) -> None:
-    _swap_source_after_attach(view, trees, lambda: os.symlink(trees.decoy, trees.source))
+    _swap_source_after_attach(view, trees, os.symlink)
     trees.decoy_unchanged()
     # A fresh attach of the symlinked path, and of a path through it, meets the symlink.
     table = view.mounts_json()
@@ -175,7 +176,7 @@ def test_source_renamed_and_replaced_by_symlink_after_attach_is_not_followed(
 def test_source_replaced_by_another_directory_after_attach_is_not_followed(
     view: ViewHandle, trees: Trees
 ) -> None:
-    _swap_source_after_attach(view, trees, lambda: os.rename(trees.decoy, trees.source))
+    _swap_source_after_attach(view, trees, os.rename)
     assert SECRET_NAME in os.listdir(trees.source)
     assert "new.txt" not in os.listdir(trees.source)
 
@@ -185,8 +186,7 @@ def test_tmpfs_mounted_inside_source_after_attach_is_not_visible(
     view: ViewHandle, trees: Trees
 ) -> None:
     before = snapshot(trees.source)
-    pinned_sub = os.open(trees.source / "sub", os.O_PATH | os.O_DIRECTORY)
-    try:
+    with _pinned(trees.source / "sub") as pinned_sub:
         view.ok(f"attach data {trees.source}")
         inside = trees.source / "sub"
         with mounted(["-t", "tmpfs", "-o", "size=4m,mode=0755", "none"], inside):
@@ -196,5 +196,3 @@ def test_tmpfs_mounted_inside_source_after_attach_is_not_visible(
             (view.path / "data" / "sub" / "new").write_bytes(WRITTEN)
             assert sorted(os.listdir(inside)) == [SECRET_NAME, "file"], "write reached tmpfs"
         assert snapshot(pinned_sub)["new"] == WRITTEN
-    finally:
-        os.close(pinned_sub)

@@ -8,27 +8,45 @@ clean stop and the next start, then proves the decoy is nowhere in the view.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import ViewHandle
-from tests.support.escape import SECRET_NAME, Trees, decoy_snapshot, mounted, snapshot
+from tests.support.escape import (
+    SECRET_NAME,
+    Trees,
+    decoy_snapshot,
+    mounted,
+    put_decoy_in_place,
+    snapshot,
+)
 
 
-def _restart_after(view: ViewHandle, trees: Trees, attack: Callable[[], None]) -> None:
+def _restart_during(view: ViewHandle, trees: Trees, attack: AbstractContextManager[None]) -> None:
+    """Attach the source, stop the daemon, and start it again inside the attack: the subtree
+    must come back failed, with a reason, and nothing of the decoy may show."""
     view.ok(f"attach data {trees.source}")
     view.daemon.stop()
-    attack()
-    assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
-    view.daemon.start(view.path, view.daemon.config_text, view.state)
-    records = {str(r["name"]): r for r in view.mounts_json()}
-    assert set(records) == {"data"}
-    assert records["data"]["state"] == "failed", records["data"]
-    assert records["data"]["reason"], "a failed subtree must say why"
-    assert os.listdir(view.path) == [".fusemount"]
-    assert not os.path.lexists(view.path / "data" / SECRET_NAME)
+    with attack:
+        assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
+        view.start_again()
+        records = {str(r["name"]): r for r in view.mounts_json()}
+        assert set(records) == {"data"}
+        assert records["data"]["state"] == "failed", records["data"]
+        assert records["data"]["reason"], "a failed subtree must say why"
+        assert os.listdir(view.path) == [".fusemount"]
+        assert not os.path.lexists(view.path / "data" / SECRET_NAME)
+
+
+@contextlib.contextmanager
+def _decoy_put_in_place(trees: Trees, how: Callable[[Path, Path], None]) -> Iterator[None]:
+    put_decoy_in_place(trees, how)
+    yield
 
 
 @pytest.mark.timeout(60)
@@ -36,11 +54,7 @@ def _restart_after(view: ViewHandle, trees: Trees, attack: Callable[[], None]) -
 def test_source_replaced_by_symlink_while_daemon_down_is_not_reattached(
     view: ViewHandle, trees: Trees
 ) -> None:
-    def attack() -> None:
-        os.rename(trees.source, trees.source.with_name(trees.source.name + ".moved"))
-        os.symlink(trees.decoy, trees.source)
-
-    _restart_after(view, trees, attack)
+    _restart_during(view, trees, _decoy_put_in_place(trees, os.symlink))
     trees.decoy_unchanged()
 
 
@@ -49,11 +63,7 @@ def test_source_replaced_by_symlink_while_daemon_down_is_not_reattached(
 def test_source_replaced_by_another_directory_while_daemon_down_is_not_reattached(
     view: ViewHandle, trees: Trees
 ) -> None:
-    def attack() -> None:
-        os.rename(trees.source, trees.source.with_name(trees.source.name + ".moved"))
-        os.rename(trees.decoy, trees.source)
-
-    _restart_after(view, trees, attack)
+    _restart_during(view, trees, _decoy_put_in_place(trees, os.rename))
     assert snapshot(trees.source) == decoy_snapshot(), "the decoy was changed"
 
 
@@ -62,12 +72,5 @@ def test_source_replaced_by_another_directory_while_daemon_down_is_not_reattache
 def test_source_overmounted_while_daemon_down_is_not_reattached(
     view: ViewHandle, trees: Trees
 ) -> None:
-    view.ok(f"attach data {trees.source}")
-    view.daemon.stop()
-    with mounted(["--bind", str(trees.decoy)], trees.source):
-        assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
-        view.daemon.start(view.path, view.daemon.config_text, view.state)
-        records = {str(r["name"]): r for r in view.mounts_json()}
-        assert records["data"]["state"] == "failed", records["data"]
-        assert os.listdir(view.path) == [".fusemount"]
-        trees.decoy_unchanged()
+    _restart_during(view, trees, mounted(["--bind", str(trees.decoy)], trees.source))
+    trees.decoy_unchanged()

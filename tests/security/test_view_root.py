@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import ViewFactory, ViewHandle
-from tests.support.escape import Trees, errno_of, name_of, snapshot
+from tests.support.escape import Trees, outcomes, snapshot
 from tests.support.users import Users, py_as
-
-
-def _codes(attempts: dict[str, Callable[[], object]]) -> dict[str, str]:
-    return {what: name_of(errno_of(fn)) for what, fn in attempts.items()}
 
 
 @pytest.mark.timeout(60)
@@ -31,7 +26,7 @@ def test_names_in_view_root_cannot_be_made_removed_or_renamed_by_root(
     view.ok(f"attach data {trees.source}")
     table = view.mounts_json()
     v = view.path
-    got = _codes({
+    got = outcomes({
         "mkdir": lambda: os.mkdir(v / "new"),
         "create": lambda: os.close(os.open(v / "new", os.O_CREAT | os.O_WRONLY, 0o644)),
         "create excl": lambda: os.close(os.open(v / "new", os.O_CREAT | os.O_EXCL, 0o644)),
@@ -62,7 +57,7 @@ def test_control_folder_and_files_cannot_be_removed_renamed_or_chmodded(
     c = view.path / ".fusemount"
     files = sorted(os.listdir(c))
     modes = {name: stat.S_IMODE(os.stat(c / name).st_mode) for name in files}
-    got = _codes({
+    got = outcomes({
         "rmdir .fusemount": lambda: os.rmdir(c),
         "rename .fusemount": lambda: os.rename(c, view.path / "ctl2"),
         "chmod .fusemount": lambda: os.chmod(c, 0o777),
@@ -124,7 +119,7 @@ def test_control_files_cannot_be_linked_or_moved_into_a_subtree(
     before = snapshot(trees.source)
     view.ok(f"attach data {trees.source}")
     v, c = view.path, view.path / ".fusemount"
-    got = _codes({
+    got = outcomes({
         "link ctl into subtree": lambda: os.link(c / "ctl", v / "data" / "ctl"),
         "link version into subtree": lambda: os.link(c / "version", v / "data" / "sub" / "v"),
         "rename ctl into subtree": lambda: os.rename(c / "ctl", v / "data" / "ctl"),

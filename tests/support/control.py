@@ -73,6 +73,21 @@ def replace_dir(path: Path) -> None:
     fresh.rename(path)
 
 
+def audit_config(path: Path) -> str:
+    """The [log] table that sends the audit log to path (SPEC 8)."""
+    return f'[log]\naudit = "{path}"\n'
+
+
+def audit_records(path: Path) -> list[dict[str, object]]:
+    """The audit log at path: one JSON object a line (SPEC 4, 8); anything else fails."""
+    records = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records
+
+
 def state_doc(state: Path) -> dict[str, object]:
     """The state file parsed; fails the test unless it is a JSON object."""
     doc = json.loads(state.read_bytes())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno as errno_mod
 import json
 import os
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,17 @@ class Reply:
     @property
     def errno_name(self) -> str | None:
         return None if self.errno is None else errno_mod.errorcode.get(self.errno, str(self.errno))
+
+    @property
+    def answer(self) -> str:
+        """"ok", or the errno name of a refusal, when the write's outcome and the reply line
+        agree (SPEC 4); else what disagreed."""
+        ok = self.data.get("ok")
+        if self.errno is None and ok is True:
+            return "ok"
+        if self.errno is not None and ok is False and self.data.get("errno") == self.errno_name:
+            return str(self.errno_name)
+        return f"write {self.errno_name or 'succeeded'} but reply {self.raw!r}"
 
     def describe(self, command: str | bytes) -> str:
         status = "ok" if self.errno is None else f"write failed with {self.errno_name}"
@@ -116,6 +128,19 @@ def ctl_as(user: User, view: Path, command: str) -> Reply:
     if not isinstance(code, int):
         raise UserError(f"ctl as {user.name}: unknown errno {name!r}")
     return Reply(code, _parse(raw, command), raw)
+
+
+def unexpected_answers(
+    view: Path, user: User, expected: Mapping[str, Collection[str]]
+) -> dict[str, str]:
+    """Run each command as user (root: directly), in order; return the commands whose answer
+    (Reply.answer) is not one of the expected ones, each with what it got."""
+    wrong = {}
+    for command, allowed in expected.items():
+        reply = ctl(view, command) if user.uid == 0 else ctl_as(user, view, command)
+        if reply.answer not in allowed:
+            wrong[command] = f"{reply.answer} (want {'/'.join(sorted(allowed))})"
+    return wrong
 
 
 def mounts(view: Path) -> list[str]:

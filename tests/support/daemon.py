@@ -19,12 +19,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from tests.support.ctl import Reply, ctl, ctl_err, ctl_ok, mounts, mounts_json
+from tests.support.dirs import fresh_dir
 
 VIEW_FSTYPE = "fuse.fusemount"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,6 +95,18 @@ def lazy_unmount(path: Path) -> bool:
         except (OSError, subprocess.TimeoutExpired):
             continue
     return not is_mounted(path)
+
+
+def wait_until(check: Callable[[], object], timeout_s: float,
+               interval_s: float = 0.05) -> bool:
+    """Poll check until it returns something true or timeout_s passed; return whether it did
+    (asking once more at the deadline)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval_s)
+    return bool(check())
 
 
 def problems_in_log(text: str) -> list[str]:
@@ -381,6 +394,10 @@ class ViewHandle:
     def restart(self, config_text: str | None = None) -> None:
         self.daemon.restart(config_text)
 
+    def start_again(self) -> None:
+        """Start the stopped (or killed) daemon again: same view, config, state and options."""
+        self.daemon.start(self.path, self.daemon.config_text, self.state, self.daemon.extra_args)
+
 
 class ViewFactory(Protocol):
     """The view_factory fixture: start a daemon on a fresh view and return once it is live."""
@@ -388,3 +405,30 @@ class ViewFactory(Protocol):
     def __call__(
         self, config_text: str = "", state: Path | None = None, extra_args: Sequence[str] = ()
     ) -> ViewHandle: ...
+
+
+def new_view(parent: Path, prefix: str, state: Path | None = None) -> ViewHandle:
+    """A handle on a fresh, not yet started view: a new 0755 workdir under parent with an empty
+    mnt/ in it and a Daemon for it. Keep the handle for teardown before daemon.start(): a
+    failed start needs cleaning up too."""
+    workdir = fresh_dir(parent, prefix)
+    path = workdir / "mnt"
+    path.mkdir(mode=0o755)
+    path.chmod(0o755)
+    daemon = Daemon(workdir)
+    return ViewHandle(path, state if state is not None else daemon.state, daemon, workdir)
+
+
+def teardown_problems(handle: ViewHandle, log_ok: bool = False) -> list[str]:
+    """Stop the view's daemon (cleanup(): never raises) and say what should fail its test: the
+    cleanup's problems and, unless log_ok, the tracebacks and WARNING/ERROR lines it logged."""
+    problems = [f"{handle.path}: {p}" for p in handle.daemon.cleanup().problems()]
+    if not log_ok:
+        text = handle.daemon.stderr_text()
+        bad = problems_in_log(text)
+        if bad:
+            problems.append(
+                f"{handle.path}: daemon logged problems (mark the test daemon_log_ok if "
+                f"expected):\n  " + "\n  ".join(bad) + f"\n--- daemon output ---\n{text}"
+            )
+    return problems

@@ -15,7 +15,7 @@ import errno
 import os
 import stat
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +131,11 @@ def name_of(code: int) -> str:
     return "ok" if code == 0 else errno.errorcode.get(code, str(code))
 
 
+def outcomes(attempts: Mapping[str, Callable[[], object]]) -> dict[str, str]:
+    """Run each attempt in order; name -> "ok" or the errno name of the OSError it raised."""
+    return {what: name_of(errno_of(fn)) for what, fn in attempts.items()}
+
+
 def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
     """renameat2(2) with flags; raises OSError."""
     if _libc.renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
@@ -205,6 +210,17 @@ class Trees:
     def decoy_unchanged(self) -> None:
         """The decoy holds exactly what build_decoy() put there: nothing was written to it."""
         assert snapshot(self.decoy) == decoy_snapshot(), "the decoy was changed through the view"
+
+
+def put_decoy_in_place(trees: Trees, how: Callable[[Path, Path], None]) -> Path:
+    """The attack on a source path: move the source aside, put the decoy at its path with
+    how(decoy, path) (os.rename or os.symlink) and check it took effect. Returns where the
+    original tree went."""
+    moved = trees.source.with_name(trees.source.name + ".moved")
+    os.rename(trees.source, moved)
+    how(trees.decoy, trees.source)
+    assert SECRET_NAME in os.listdir(trees.source), "the attack did not take effect"
+    return moved
 
 
 def decoy_snapshot() -> Snapshot:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 MARKER = "fusemount test user"
 LOCK_DIR = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
@@ -352,3 +353,50 @@ def py_as(user: User, code: str, umask: int | None = None, timeout_s: float = 60
     except json.JSONDecodeError as exc:
         raise UserError(f"snippet as {user.name} printed no JSON ({exc}): {lines[-1]!r}") from exc
     return value
+
+
+class UserSteps:
+    """A Python process of one user that runs step after step on request, keeping its cwd.
+
+    Each step is the body of a function (after PRELUDE) returning a JSON object; `step()` runs
+    the next one and returns its object. For what must hold across requests of one live
+    process: a cwd inside the view, its caches, a grant changed between two steps. Use it as a
+    context manager: leaving kills the process.
+    """
+
+    def __init__(self, user: User, cwd: Path, steps: list[str]) -> None:
+        body = "\n".join(
+            f"def step{i}():\n" + "\n".join("    " + line for line in s.strip().splitlines())
+            for i, s in enumerate(steps)
+        )
+        code = (PRELUDE + "\n" + body + f"\nos.chdir({str(cwd)!r})\n"
+                f"for i in range({len(steps)}):\n"
+                "    sys.stdin.readline()\n"
+                "    print(json.dumps(globals()['step%d' % i]()), flush=True)\n")
+        self.proc = subprocess.Popen(
+            ["setpriv", f"--reuid={user.uid}", f"--regid={user.gid}", "--init-groups", "--",
+             SYSTEM_PYTHON, "-I", "-c", code],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd="/",
+        )
+
+    def step(self) -> dict[str, object]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            _, err = self.proc.communicate(timeout=10)
+            raise AssertionError(f"user process died: {err}")
+        value = json.loads(line)
+        assert isinstance(value, dict), line
+        return value
+
+    def __enter__(self) -> UserSteps:
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)
