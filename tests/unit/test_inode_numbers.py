@@ -18,35 +18,14 @@ from typing import cast
 import pyfuse3
 import pytest
 
-from fusemount.core.records import Identity, Kind, Policy, SubtreeSpec
-from fusemount.host import sources
 from fusemount.view.inodes import FIRST_DYNAMIC_INO, InodeTable
-from fusemount.view.live import LiveSubtree
 from fusemount.view.ops import Ops
-from tests.unit.test_ops_inodes import CTX, make_ops, run
+from tests.support.ops import CTX, attach_live, make_ops, make_tree, run
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for d in range(3):
-        (tmp_path / f"d{d}").mkdir()
-        for f in range(20):
-            (tmp_path / f"d{d}" / f"f{f}").write_text(f"{d}/{f}")
-    return tmp_path
-
-
-def _second_subtree(ops: Ops, source: Path, name: str) -> LiveSubtree:
-    """Attach source again under another name to the same view, as control.py would."""
-    root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    st = os.fstat(root)
-    identity = Identity(st.st_dev, st.st_ino, 0, "")
-    opened = sources._pin(root, identity, ro=False)
-    os.close(root)
-    spec = SubtreeSpec(name, Kind.ATTACH, str(source), identity, Policy(owner=0))
-    live = LiveSubtree(ops.ctx.table.add(spec), spec, opened)
-    ops.inodes.add_root(live)
-    ops.ctx.live[name] = live
-    return live
+    return make_tree(tmp_path)
 
 
 async def _walk(ops: Ops, root_ino: int) -> dict[str, int]:
@@ -102,7 +81,7 @@ def test_number_survives_descriptor_eviction(tree: Path) -> None:
 
 def test_two_subtrees_over_one_source_number_apart(tree: Path) -> None:
     ops, live = make_ops(tree)
-    other = _second_subtree(ops, tree, "t")
+    other = attach_live(ops.ctx, tree, "t")
 
     async def body() -> None:
         a = await _walk(ops, live.root_ino)

@@ -13,7 +13,7 @@ import trio
 
 from fusemount.view.live import LiveSubtree
 from fusemount.view.ops import Ops
-from tests.unit.test_ops_inodes import CTX, make_ops
+from tests.support.ops import CTX, make_ops
 
 
 def _spied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Ops, LiveSubtree, list[str]]:

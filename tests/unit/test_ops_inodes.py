@@ -7,78 +7,20 @@ within max_cached_fds and re-opens evicted inodes from their file handles.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar, cast
 
 import pyfuse3
 import pytest
-import trio
 
-from fusemount.core.policy import Admins, Rules
-from fusemount.core.records import Config, Identity, Kind, Limits, Policy, SubtreeSpec
-from fusemount.core.subtrees import SubtreeTable
-from fusemount.host import sources
 from fusemount.view import ctlfiles
-from fusemount.view.context import ViewContext
-from fusemount.view.errors import RequestObserver
-from fusemount.view.handles import HandleTable
-from fusemount.view.inodes import InodeTable
-from fusemount.view.live import LiveSubtree
-from fusemount.view.ops import Ops
-
-T = TypeVar("T")
-
-
-@dataclasses.dataclass
-class FakeCtx:
-    uid: int = 0
-    gid: int = 0
-    pid: int = os.getpid()
-    umask: int = 0o022
-
-
-CTX = cast(pyfuse3.RequestContext, FakeCtx())
-
-
-def run(fn: Callable[[], Awaitable[T]]) -> T:
-    return trio.run(fn)
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def make_ops(source: Path, max_cached_fds: int = 8192,
-             observer: RequestObserver | None = None) -> tuple[Ops, LiveSubtree]:
-    config = Config(limits=Limits(max_cached_fds=max_cached_fds))
-    inodes = InodeTable(max_cached_fds)
-    ctx = ViewContext(config=config, rules=Rules(Admins(frozenset(), frozenset()), config.access),
-                      table=SubtreeTable(config.limits), inodes=inodes,
-                      handles=HandleTable(inodes, config.limits.max_open_files))
-    root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    st = os.fstat(root)
-    identity = Identity(st.st_dev, st.st_ino, 0, "")
-    opened = sources._pin(root, identity, ro=False)
-    os.close(root)
-    spec = SubtreeSpec("s", Kind.ATTACH, str(source), identity, Policy(owner=0))
-    sid = ctx.table.add(spec)
-    live = LiveSubtree(sid, spec, opened)
-    inodes.add_root(live)
-    ctx.live["s"] = live
-    return Ops(ctx, observer=observer), live
+from tests.support.ops import CTX, make_ops, make_tree, open_fds, run
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    for d in range(3):
-        (tmp_path / f"d{d}").mkdir()
-        for f in range(20):
-            (tmp_path / f"d{d}" / f"f{f}").write_text(f"{d}/{f}")
-    return tmp_path
+    return make_tree(tmp_path)
 
 
 def test_forgetting_every_lookup_empties_the_table_and_closes_descriptors(tree: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from fusemount.host import backing
 from fusemount.view import ranges
-from tests.unit.test_ops_inodes import CTX, make_ops, open_fds, run
+from tests.support.ops import CTX, make_ops, open_fds, run
 
 
 def test_enosys_from_source_reaches_kernel_as_eopnotsupp_issue_14(
