@@ -24,9 +24,9 @@ from tests.support.daemon import ViewHandle, lazy_unmount
 from tests.support.dirs import fresh_dir
 from tests.support.mounts import release_loops
 from tests.support.pairs import Pair
+from tests.support.ranges import FS_BYTES, attach_pair
 
 FSTYPES = ("ext4", "tmpfs")
-FS_BYTES = 64 << 20
 
 
 def _mount(fstype: str, where: Path, image: Path) -> None:
@@ -58,11 +58,6 @@ def host_fs(request: pytest.FixtureRequest, test_root: Path) -> Iterator[tuple[s
         lazy_unmount(where)
         if fstype == "ext4":
             release_loops(image)
-
-
-def attach_pair(view: ViewHandle, host: tuple[str, Path]) -> Pair:
-    """A plain directory and a fresh subtree side by side in a new directory on host."""
-    return pairs.attach_pair(view, fresh_dir(host[1], "pair-"), "r")
 
 
 @pytest.fixture

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ranges.conftest import FS_BYTES, attach_pair
 from tests.support.daemon import ViewHandle
 from tests.support.pairs import Pair
-from tests.support.ranges import KiB, Summary, describe, make_sparse
+from tests.support.ranges import FS_BYTES, KiB, Summary, attach_pair, describe, make_sparse
 from tests.support.users import Users, py_as
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(60)]

@@ -1,5 +1,6 @@
 """Helpers of the ranges suite: what a caller sees of a file (content, size, blocks, the
-SEEK_DATA/SEEK_HOLE map) and a sparse file to start from.
+SEEK_DATA/SEEK_HOLE map), a sparse file to start from, and native-vs-view pairs on the host
+filesystems the suite mounts.
 
 Job: summarise a file through plain system calls so that a native summary and one taken
 through the view compare with ==. Never: write to the file being summarised.
@@ -13,7 +14,12 @@ import hashlib
 import os
 from pathlib import Path
 
+from tests.support import pairs
+from tests.support.daemon import ViewHandle
+from tests.support.dirs import fresh_dir
+
 KiB = 1024
+FS_BYTES = 64 << 20  # the size of each host filesystem the suite mounts
 
 Summary = dict[str, object]
 
@@ -76,3 +82,9 @@ def make_sparse(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def attach_pair(view: ViewHandle, host: tuple[str, Path]) -> pairs.Pair:
+    """A plain directory and a fresh subtree side by side in a new directory on host
+    ((fstype, mount point), the host_fs fixture)."""
+    return pairs.attach_pair(view, fresh_dir(host[1], "pair-"), "r")
