@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.control import audit_config, audit_records
 from tests.support.ctl import ctl_as
-from tests.support.daemon import ViewFactory
+from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.users import Users, py_as
 
 _FIELDS = {"time", "uid", "gid", "pid", "command", "result"}
@@ -27,11 +27,16 @@ def audit(scratch: Path) -> Path:
     return scratch / "audit.log"
 
 
+@pytest.fixture
+def view(view_factory: ViewFactory, audit: Path) -> ViewHandle:
+    """A live view on defaults that writes its audit log to `audit`."""
+    return view_factory(audit_config(audit))
+
+
 @pytest.mark.timeout(60)
 def test_audit_log_has_one_line_per_command_accepted_or_refused(
-    view_factory: ViewFactory, audit: Path, source: Path, users: Users
+    view: ViewHandle, audit: Path, source: Path, users: Users
 ) -> None:
-    view = view_factory(audit_config(audit))
     commands: list[tuple[str | bytes, str]] = [
         (f"attach data {source}", "ok"),
         ("hold data H1", "ok"),
@@ -65,9 +70,8 @@ def test_audit_log_has_one_line_per_command_accepted_or_refused(
 
 @pytest.mark.timeout(60)
 def test_audit_log_file_is_mode_0600(
-    view_factory: ViewFactory, audit: Path, source: Path
+    view: ViewHandle, audit: Path, source: Path
 ) -> None:
-    view = view_factory(audit_config(audit))
     view.ok(f"attach data {source}")
     mode = os.stat(audit).st_mode
     assert stat.S_ISREG(mode)
@@ -76,9 +80,8 @@ def test_audit_log_file_is_mode_0600(
 
 @pytest.mark.timeout(60)
 def test_audit_log_is_appended_across_restarts(
-    view_factory: ViewFactory, audit: Path, source: Path
+    view: ViewHandle, audit: Path, source: Path
 ) -> None:
-    view = view_factory(audit_config(audit))
     view.ok(f"attach data {source}")
     view.restart()
     view.ok("detach data")
@@ -87,9 +90,8 @@ def test_audit_log_is_appended_across_restarts(
 
 @pytest.mark.timeout(60)
 def test_audit_record_of_multi_line_write_stays_one_line(
-    view_factory: ViewFactory, audit: Path
+    view: ViewHandle, audit: Path
 ) -> None:
-    view = view_factory(audit_config(audit))
     assert view.ctl("detach a\ndetach b\n").errno_name == "EINVAL"
     assert view.ctl('detach "\u2028"').errno_name == "EINVAL"
     records = audit_records(audit)
@@ -104,9 +106,8 @@ FLOOD_BOUND_BYTES = 8192
 
 @pytest.mark.timeout(120)
 def test_refusal_flood_of_1mib_commands_keeps_the_audit_log_small_issue_12(
-    view_factory: ViewFactory, audit: Path, users: Users
+    view: ViewHandle, audit: Path, users: Users
 ) -> None:
-    view = view_factory(audit_config(audit))
     ctl_path = view.path / ".fusemount" / "ctl"
     codes = py_as(users.alice, f"""
 import errno, os
