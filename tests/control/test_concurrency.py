@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.control import DOCUMENTED_ERRNOS, audit_config, audit_records, state_table
-from tests.support.daemon import ViewFactory
+from tests.support.daemon import ViewFactory, reap
 from tests.support.dirs import SourceFactory
 
 WORKERS = 8
@@ -182,9 +182,7 @@ def test_concurrent_commands_leave_a_consistent_table(
             logs.append(json.loads(out))
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
 
     # Every reply is a documented errno, and the JSON reply agrees with the write.
     for log in logs:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.control import names_listed, record_of, state_table, unexpected_log_lines
-from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo
+from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo, reap
 from tests.support.dirs import SourceFactory
 
 _EXPECTED_WARNINGS = ("dead FUSE mount", "not connected")
@@ -167,9 +167,7 @@ def _burst_interrupted_by(view: ViewHandle, log_path: Path, sources: dict[str, s
         interrupt()
         _, err = burst.communicate(timeout=20)
     finally:
-        if burst.poll() is None:
-            burst.kill()
-            burst.wait()
+        reap(burst)
     assert burst.returncode == 0, f"{what}: burst failed: {err.decode()}"
     return _read(log_path)
 

@@ -36,6 +36,7 @@ from tests.support.daemon import (
     ViewHandle,
     is_mounted,
     lazy_unmount,
+    reap,
     wait_until,
 )
 from tests.support.dirs import SourceFactory
@@ -256,9 +257,7 @@ def _notifying_daemon(scratch: Path) -> Iterator[tuple[subprocess.Popen[bytes], 
         try:
             yield proc, sock, view
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            reap(proc)
             lazy_unmount(view)
 
 

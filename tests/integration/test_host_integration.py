@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.ctl import ctl_ok
-from tests.support.daemon import is_mounted, lazy_unmount, wait_until
+from tests.support.daemon import is_mounted, lazy_unmount, reap, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,8 +82,6 @@ def test_daemon_sends_ready_and_stopping_to_notify_socket(test_root: Path) -> No
         assert proc.wait(timeout=15) == 0
     finally:
         sock.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        reap(proc)
         if is_mounted(view):
             lazy_unmount(view)

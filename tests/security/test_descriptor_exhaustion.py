@@ -11,15 +11,15 @@ forgotten through the kernel once too many are held.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.support.daemon import ViewFactory
+from tests.support.escape import mounted
 from tests.support.users import Users, py_as
 
 FILES = 21_000
@@ -66,13 +66,9 @@ def _peak_fds(pid: int) -> Iterator[list[int]]:
         sampler.join()
 
 
-def _mount(fstype: str, where: Path, options: str) -> None:
-    subprocess.run(["mount", "-t", fstype, "-o", options, f"fmt-{fstype}", str(where)],
-                   check=True, timeout=30)
-
-
-def _umount(where: Path) -> None:
-    subprocess.run(["umount", "-l", str(where)], check=False, timeout=30)
+def _mounted(fstype: str, where: Path, options: str) -> AbstractContextManager[None]:
+    """A fresh fstype filesystem at where for the with block."""
+    return mounted(["-t", fstype, "-o", options, f"fmt-{fstype}"], where)
 
 
 def _attack_and_check(view_factory: ViewFactory, source: Path, listed: Path,
@@ -99,14 +95,11 @@ def test_listing_a_tmpfs_nested_in_the_source_keeps_descriptors_bounded(
 ) -> None:
     inner = source / "inner"
     inner.mkdir()
-    _mount("tmpfs", inner, f"size=64m,nr_inodes={FILES + 100},mode=0755")
-    try:
+    with _mounted("tmpfs", inner, f"size=64m,nr_inodes={FILES + 100},mode=0755"):
         for n in range(FILES):
             os.mknod(inner / f"f{n}", 0o100644)
         # The daemon's private copy of the source includes the tmpfs (recursive clone).
         _attack_and_check(view_factory, source, inner, users)
-    finally:
-        _umount(inner)
 
 
 @pytest.mark.timeout(300)
@@ -115,10 +108,7 @@ def test_listing_a_ramfs_source_keeps_descriptors_bounded(
 ) -> None:
     # No group permission bits: the kernel then decides from the mode alone and never asks
     # for an ACL, which ramfs cannot answer (a separate issue, 12 item 13).
-    _mount("ramfs", source, "mode=0705")
-    try:
+    with _mounted("ramfs", source, "mode=0705"):
         for n in range(FILES):
             os.mknod(source / f"f{n}", 0o100604)
         _attack_and_check(view_factory, source, source, users)
-    finally:
-        _umount(source)

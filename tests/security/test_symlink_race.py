@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import ViewFactory
+from tests.support.daemon import ViewFactory, reap
 from tests.support.escape import (
     SECRET,
     SECRET_NAME,
@@ -109,9 +109,7 @@ def test_directory_swapped_with_relative_symlink_to_decoy_never_leaks(
                 pass
         out, err = swapper.communicate(timeout=30)
     finally:
-        if swapper.poll() is None:
-            swapper.kill()
-            swapper.wait()
+        reap(swapper)
     assert swapper.returncode == 0, f"swapper failed: {err}"
     assert int(out) > 100, "the swapper hardly ran: the race proved nothing"
     assert not leaks, f"decoy content through the view: {leaks[:5]}"

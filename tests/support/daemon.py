@@ -109,6 +109,13 @@ def wait_until(check: Callable[[], object], timeout_s: float,
     return bool(check())
 
 
+def reap(proc: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
+    """Kill proc if it still runs, and wait for it: a helper process never outlives its test."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def problems_in_log(text: str) -> list[str]:
     """Lines of daemon output that should fail a test: tracebacks, WARNING/ERROR/CRITICAL lines.
 
