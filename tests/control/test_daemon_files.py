@@ -18,24 +18,14 @@ import pytest
 
 from fusemount.daemon.serve import pidfile_for
 from fusemount.host import daemonfiles
-from tests.support.control import fusemount, make_dir, reap_unmanaged, serving_pids
-from tests.support.daemon import Daemon, DaemonStartError, ViewFactory, ViewHandle, is_mounted
-
-
-def _start_fails(scratch: Path, state: Path, why: str) -> str:
-    """Start a daemon that must refuse to serve; return its output (which names why)."""
-    view = make_dir(scratch, "mnt")
-    daemon = Daemon(make_dir(scratch, "work"))
-    try:
-        with pytest.raises(DaemonStartError) as failed:
-            daemon.start(view, "", state, timeout_s=10)
-        assert failed.value.returncode not in (None, 0)
-        assert why in failed.value.log, failed.value.log
-    finally:
-        problems = daemon.cleanup().problems()
-    assert problems == []
-    assert not is_mounted(view)
-    return failed.value.log
+from tests.support.control import (
+    fusemount,
+    make_dir,
+    reap_unmanaged,
+    serving_pids,
+    start_fails,
+)
+from tests.support.daemon import ViewFactory, ViewHandle, is_mounted
 
 
 @contextlib.contextmanager
@@ -61,7 +51,7 @@ def test_state_file_writable_by_others_is_refused_issue_12(scratch: Path) -> Non
     state = scratch / "state.json"
     state.write_text('{"format": "fusemount-state", "version": 1, "subtrees": []}\n')
     state.chmod(0o666)
-    _start_fails(scratch, state, "writable by others")
+    start_fails(scratch, make_dir(scratch, "mnt"), state, "writable by others")
     assert stat.S_IMODE(state.stat().st_mode) == 0o666  # refused, not "repaired"
 
 
@@ -72,7 +62,7 @@ def test_symlinked_state_file_is_not_followed_issue_12(scratch: Path) -> None:
     target.chmod(0o600)
     state = scratch / "state.json"
     state.symlink_to(target)
-    _start_fails(scratch, state, "symlink")
+    start_fails(scratch, make_dir(scratch, "mnt"), state, "symlink")
 
 
 @pytest.mark.timeout(60)
@@ -105,7 +95,7 @@ def test_symlinked_pidfile_is_refused_and_its_target_untouched_issue_12(scratch:
     os.makedirs(daemonfiles.RUN_DIR, exist_ok=True)
     with _planted(pidfile_for(str(view_path))) as pidfile:
         pidfile.symlink_to(target)
-        _start_fails(scratch, scratch / "state.json", "symlink")
+        start_fails(scratch, make_dir(scratch, "mnt"), scratch / "state.json", "symlink")
     assert target.read_text() == "keep me\n"
 
 

@@ -20,12 +20,12 @@ from tests.support.control import (
     names_listed,
     reap_unmanaged,
     serving_pids,
+    start_fails,
     wait_gone,
 )
 from tests.support.ctl import ctl_ok
 from tests.support.daemon import (
     VIEW_FSTYPE,
-    Daemon,
     DaemonStartError,
     ViewFactory,
     ViewHandle,
@@ -127,17 +127,17 @@ def test_background_returns_when_live(scratch: Path, source: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_background_with_non_empty_view_fails_with_one_line(scratch: Path) -> None:
-    view = make_dir(scratch, "mnt")
-    (view / "file").write_text("x")
+def _background_fails_with_one_line(scratch: Path, view: Path, why: str, *args: str) -> None:
+    """`serve VIEW --background ARGS...` exits non-zero with one line naming why, leaving
+    nothing served."""
     try:
         result = fusemount(
-            "serve", str(view), "--background", "--state", str(scratch / "state.json")
+            "serve", str(view), "--background", *args, "--state", str(scratch / "state.json")
         )
         assert result.returncode != 0
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
-        assert "empty" in lines[0]
+        assert why in lines[0]
         assert not is_mounted(view)
     finally:
         leftovers = reap_unmanaged(view)
@@ -145,44 +145,25 @@ def test_background_with_non_empty_view_fails_with_one_line(scratch: Path) -> No
 
 
 @pytest.mark.timeout(60)
-def test_background_with_bad_config_fails_with_one_line(scratch: Path) -> None:
+def test_background_with_non_empty_view_fails_with_one_line(scratch: Path) -> None:
     view = make_dir(scratch, "mnt")
+    (view / "file").write_text("x")
+    _background_fails_with_one_line(scratch, view, "empty")
+
+
+@pytest.mark.timeout(60)
+def test_background_with_bad_config_fails_with_one_line(scratch: Path) -> None:
     config = scratch / "bad.toml"
     config.write_text("[limits]\nmax_subtrees = -1\n")
-    try:
-        result = fusemount(
-            "serve",
-            str(view),
-            "--background",
-            "--config",
-            str(config),
-            "--state",
-            str(scratch / "state.json"),
-        )
-        assert result.returncode != 0
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert "max_subtrees" in lines[0]
-        assert not is_mounted(view)
-    finally:
-        leftovers = reap_unmanaged(view)
-    assert leftovers == []
+    _background_fails_with_one_line(scratch, make_dir(scratch, "mnt"), "max_subtrees",
+                                    "--config", str(config))
 
 
 @pytest.mark.timeout(60)
 def test_serve_refuses_non_empty_view(scratch: Path) -> None:
     view = make_dir(scratch, "mnt")
     (view / "file").write_text("x")
-    daemon = Daemon(make_dir(scratch, "work"))
-    try:
-        with pytest.raises(DaemonStartError) as failed:
-            daemon.start(view, "", scratch / "state.json", timeout_s=10)
-        assert failed.value.returncode not in (None, 0)
-        assert "empty" in failed.value.log
-    finally:
-        problems = daemon.cleanup().problems()
-    assert problems == []
-    assert not is_mounted(view)
+    start_fails(scratch, view, scratch / "state.json", "empty")
 
 
 @pytest.mark.timeout(60)
@@ -204,15 +185,7 @@ def test_serve_refuses_a_view_that_is_already_served(view: ViewHandle, scratch: 
 
 @pytest.mark.timeout(60)
 def test_serve_refuses_missing_view(scratch: Path) -> None:
-    daemon = Daemon(make_dir(scratch, "work"))
-    try:
-        with pytest.raises(DaemonStartError) as failed:
-            daemon.start(scratch / "missing", "", scratch / "state.json", timeout_s=10)
-        assert failed.value.returncode not in (None, 0)
-        assert "missing" in failed.value.log
-    finally:
-        problems = daemon.cleanup().problems()
-    assert problems == []
+    start_fails(scratch, scratch / "missing", scratch / "state.json", "missing")
 
 
 # --- configuration ---------------------------------------------------------------------------

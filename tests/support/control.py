@@ -18,8 +18,18 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from tests.support.ctl import Reply, ctl_as
-from tests.support.daemon import REPO_ROOT, Daemon, ViewHandle, lazy_unmount, problems_in_log
+from tests.support.daemon import (
+    REPO_ROOT,
+    Daemon,
+    DaemonStartError,
+    ViewHandle,
+    is_mounted,
+    lazy_unmount,
+    problems_in_log,
+)
 from tests.support.users import User
 
 # SPEC 4 "Errors": every errno a refused ctl write may carry.
@@ -157,6 +167,22 @@ def unexpected_log_lines(daemon: Daemon, expected: Iterable[str]) -> list[str]:
         for line in problems_in_log(daemon.stderr_text())
         if "Traceback" in line or not any(f in line for f in fragments)
     ]
+
+
+def start_fails(scratch: Path, view: Path, state: Path, why: str) -> str:
+    """Start a daemon on view that must refuse to serve: it exits non-zero, its output names
+    why, and nothing stays running or mounted. Returns that output."""
+    daemon = Daemon(make_dir(scratch, "work"))
+    try:
+        with pytest.raises(DaemonStartError) as failed:
+            daemon.start(view, "", state, timeout_s=10)
+        assert failed.value.returncode not in (None, 0)
+        assert why in failed.value.log, failed.value.log
+    finally:
+        problems = daemon.cleanup().problems()
+    assert problems == []
+    assert not is_mounted(view)
+    return failed.value.log
 
 
 def serving_pids(view: Path) -> list[int]:
