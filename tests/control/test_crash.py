@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.control import names_listed, record_of, state_table, unexpected_log_lines
-from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo, reap
+from tests.support.daemon import VIEW_FSTYPE, ViewHandle, is_mounted, mountinfo, reap, wait_until
 from tests.support.dirs import SourceFactory
 
 _EXPECTED_WARNINGS = ("dead FUSE mount", "not connected")
@@ -160,9 +160,7 @@ def _burst_interrupted_by(view: ViewHandle, log_path: Path, sources: dict[str, s
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        while "ok " not in _read(log_path) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        wait_until(lambda: "ok " in _read(log_path), 10, 0.005)
         time.sleep(rng.uniform(0.0, max_delay_s))
         interrupt()
         _, err = burst.communicate(timeout=20)

@@ -20,7 +20,7 @@ from tests.support.control import (
     record_of,
     refused,
 )
-from tests.support.daemon import ViewHandle
+from tests.support.daemon import ViewHandle, wait_until
 from tests.support.dirs import SourceFactory
 
 RELEASE_DEADLINE_S = 10.0  # FUSE sends RELEASE after close() returns, asynchronously
@@ -50,9 +50,8 @@ def test_detach_is_ebusy_while_a_file_is_open(view: ViewHandle, source: Path) ->
         message = refused(view, "detach data", errno.EBUSY)
         assert "data" in message
         assert record_of(view.mounts_json(), "data")["open_files"] == 1
-    deadline = time.monotonic() + RELEASE_DEADLINE_S
-    while view.ctl("detach data").errno == errno.EBUSY and time.monotonic() < deadline:
-        time.sleep(0.05)  # the kernel's RELEASE may trail close()
+    # the kernel's RELEASE may trail close()
+    wait_until(lambda: view.ctl("detach data").errno != errno.EBUSY, RELEASE_DEADLINE_S)
     assert names_listed(view.path) == set()
 
 
@@ -122,10 +121,7 @@ def test_old_source_is_released_after_last_open_file_closes(
     assert (view.path / "data" / "g").read_bytes() == b"new"
     # And once the new one goes too, the daemon is back to its starting descriptors.
     view.ok("detach data")
-    deadline = time.monotonic() + RELEASE_DEADLINE_S
-    while fd_count(pid) > baseline and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert fd_count(pid) <= baseline
+    assert wait_until(lambda: fd_count(pid) <= baseline, RELEASE_DEADLINE_S)
     assert fd_identities(pid) & {identity(new), identity(new / "g")} == set()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fusemount.host.cpulatency import DEVICE
-from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.daemon import ViewFactory, ViewHandle, wait_until
 from tests.support.procfs import fd_targets
 
 pytestmark = pytest.mark.skipif(not os.path.exists(DEVICE), reason=f"no {DEVICE}")
@@ -51,10 +51,8 @@ def test_busy_view_holds_latency_request_then_withdraws_it(
     time.sleep(1.5)  # the attach and the fixture's probes are long over
     assert not _holds_device(pid), "an idle view must not hold the request"
     assert _stat_burst(view.path / "s" / "f", 2.0, pid)
-    deadline = time.monotonic() + 10
-    while _holds_device(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _holds_device(pid), "still held after the view went quiet"
+    assert wait_until(lambda: not _holds_device(pid), 10, 0.2), (
+        "still held after the view went quiet")
     assert _gauge(view) == 0.0
 
 

@@ -14,13 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import is_mounted, lazy_unmount, mountinfo
+from tests.support.daemon import is_mounted, lazy_unmount, mountinfo, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HELPER = Path("/usr/local/bin/fusemount")
@@ -56,9 +55,7 @@ def _umount_and_wait(view: Path) -> None:
     pids = subprocess.run(["pgrep", "-f", f"fusemount serve {view}"],
                           capture_output=True, text=True, check=False).stdout.split()
     subprocess.run(["umount", str(view)], check=True, timeout=30)
-    deadline = time.monotonic() + 15
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 15)
 
 
 @pytest.mark.timeout(90)

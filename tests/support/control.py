@@ -29,6 +29,7 @@ from tests.support.daemon import (
     is_mounted,
     lazy_unmount,
     problems_in_log,
+    wait_until,
 )
 from tests.support.users import User
 
@@ -229,16 +230,15 @@ def reap_unmanaged(view: Path, grace_s: float = 5.0) -> list[str]:
 
 def wait_gone(pid: int, timeout_s: float) -> bool:
     """Has pid exited (or become a zombie) within timeout_s?"""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
-                if f.read().split(b") ", 1)[1][:1] == b"Z":
-                    return True
+                return f.read().split(b") ", 1)[1][:1] == b"Z"
         except OSError:
             return True
-        time.sleep(0.02)
-    return False
+
+    return wait_until(gone, timeout_s, 0.02)
 
 
 def snapshot(view: ViewHandle) -> tuple[list[dict[str, object]], bytes | None]:

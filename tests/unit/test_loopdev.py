@@ -19,6 +19,7 @@ import pytest
 
 from fusemount.host import loopdev
 from fusemount.host import syscalls as sc
+from tests.support.daemon import wait_until
 
 pytestmark = [
     pytest.mark.skipif(not os.path.exists(loopdev.LOOP_CONTROL), reason="no /dev/loop-control"),
@@ -36,12 +37,7 @@ def sysfs(path: str, attribute: str) -> str:
 
 
 def wait_unbound(path: str, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while loopdev.loop_backing_file(path) is not None:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
+    return wait_until(lambda: loopdev.loop_backing_file(path) is None, timeout_s, 0.02)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from fusemount.core.records import Identity, Kind, Policy, SubtreeId, SubtreeSpe
 from fusemount.view import offload
 from fusemount.view.live import LiveSubtree
 from fusemount.view.offload import Offloader, may_stall
+from tests.support.daemon import wait_until
 
 
 def _subtree() -> LiveSubtree:
@@ -62,10 +63,8 @@ def test_late_result_of_an_abandoned_call_is_closed_not_leaked(tmp_path: Path) -
         assert subtree.stalled_since is not None
 
     trio.run(body)
-    deadline = time.monotonic() + 5
-    while _fd_count() != before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _fd_count() == before  # the duplicate and the late descriptor are both closed
+    # the duplicate and the late descriptor are both closed
+    assert wait_until(lambda: _fd_count() == before, 5)
     os.close(dir_fd)
 
 
