@@ -10,7 +10,6 @@ import contextlib
 import os
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from tests.support.control import (
     serving_pids,
     start_fails,
 )
-from tests.support.daemon import ViewFactory, ViewHandle, is_mounted
+from tests.support.daemon import ViewFactory, ViewHandle, is_mounted, wait_until
 
 
 @contextlib.contextmanager
@@ -134,10 +133,7 @@ def test_stop_never_signals_another_views_daemon_named_in_the_pidfile_issue_12(
     result = fusemount("stop", str(first.path))
     assert second.daemon.running and is_mounted(second.path)
     assert result.returncode == 0, result.stderr
-    deadline = time.monotonic() + 15
-    while first.daemon.running and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not first.daemon.running
+    assert wait_until(lambda: not first.daemon.running, 15)
     assert first.daemon.stop() == 0  # unmounted, it stopped cleanly by itself (no signal)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.control import audit_config, audit_records
-from tests.support.daemon import ViewFactory
+from tests.support.daemon import ViewFactory, wait_until
 
 
 def _names(view: Path) -> list[str]:
@@ -25,10 +25,7 @@ def test_idle_subtree_with_expire_detaches_and_audit_says_so(
     (source / "f").write_text("x")
     view.ok(f"attach idle {source} expire=1.5 holder=vm1")
     assert "idle" in _names(view.path)
-    deadline = time.monotonic() + 15
-    while "idle" in _names(view.path) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "idle" not in _names(view.path)
+    assert wait_until(lambda: "idle" not in _names(view.path), 15, 0.2)
     assert view.mounts_json() == []
     expired = [r for r in audit_records(audit) if r["command"] == "expire idle"]
     assert expired
@@ -47,10 +44,7 @@ def test_open_file_keeps_expiring_subtree_attached(
         time.sleep(3)
         assert "busy" in _names(view.path)
         assert held.read() == "x"
-    deadline = time.monotonic() + 15
-    while "busy" in _names(view.path) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "busy" not in _names(view.path)
+    assert wait_until(lambda: "busy" not in _names(view.path), 15, 0.2)
 
 
 @pytest.mark.timeout(60)

@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -214,10 +213,7 @@ def reap_unmanaged(view: Path, grace_s: float = 5.0) -> list[str]:
             problems.append(f"daemon {pid} still served {view}")
             try:
                 os.kill(pid, signal.SIGTERM)
-                deadline = time.monotonic() + grace_s
-                while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if os.path.exists(f"/proc/{pid}"):
+                if not wait_gone(pid, grace_s):
                     os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
