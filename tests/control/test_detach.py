@@ -26,12 +26,6 @@ from tests.support.dirs import SourceFactory
 RELEASE_DEADLINE_S = 10.0  # FUSE sends RELEASE after close() returns, asynchronously
 
 
-def _daemon_pid(view: ViewHandle) -> int:
-    pid = view.daemon.pid
-    assert pid is not None and view.daemon.running
-    return pid
-
-
 def _wait_until_not_held(pid: int, objects: set[tuple[int, int]]) -> set[tuple[int, int]]:
     """Poll until the daemon holds none of objects; returns those still held at the deadline."""
     deadline = time.monotonic() + RELEASE_DEADLINE_S
@@ -102,7 +96,7 @@ def test_force_detached_name_is_reused_at_once_for_new_source(
 def test_old_source_is_released_after_last_open_file_closes(
     view: ViewHandle, new_source: SourceFactory
 ) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     old, new = new_source(), new_source()
     (old / "f").write_bytes(b"old")
     (new / "g").write_bytes(b"new")
@@ -127,7 +121,7 @@ def test_old_source_is_released_after_last_open_file_closes(
 
 @pytest.mark.timeout(60)
 def test_plain_detach_releases_source_at_once(view: ViewHandle, source: Path) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     (source / "f").write_bytes(b"x")
     view.ok(f"attach data {source}")
     assert (view.path / "data" / "f").read_bytes() == b"x"
@@ -138,7 +132,7 @@ def test_plain_detach_releases_source_at_once(view: ViewHandle, source: Path) ->
 
 @pytest.mark.timeout(60)
 def test_force_detach_without_open_files_releases_source(view: ViewHandle, source: Path) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     view.ok(f"attach data {source}")
     os.listdir(view.path / "data")
     view.ok("detach data force")
@@ -158,7 +152,7 @@ def test_force_detach_with_open_directory(view: ViewHandle, source: Path) -> Non
         assert os.listdir(fd) == ["f"]
     finally:
         os.close(fd)
-    assert _wait_until_not_held(_daemon_pid(view), {identity(source)}) == set()
+    assert _wait_until_not_held(view.pid, {identity(source)}) == set()
 
 
 @pytest.mark.timeout(60)

@@ -36,12 +36,6 @@ from tests.support.daemon import (
 STOP_DEADLINE_S = 15.0
 
 
-def _pid(view: ViewHandle) -> int:
-    pid = view.daemon.pid
-    assert pid is not None and view.daemon.running
-    return pid
-
-
 # --- clean stop ----------------------------------------------------------------------------
 
 
@@ -72,7 +66,7 @@ def test_sigterm_with_open_file_still_exits_0(view: ViewHandle, source: Path) ->
 
 @pytest.mark.timeout(60)
 def test_sigint_stops_cleanly_with_exit_0(view: ViewHandle) -> None:
-    pid = _pid(view)
+    pid = view.pid
     os.kill(pid, signal.SIGINT)
     assert wait_gone(pid, STOP_DEADLINE_S), "daemon ignored SIGINT"
     assert view.daemon.stop() == 0
@@ -82,7 +76,7 @@ def test_sigint_stops_cleanly_with_exit_0(view: ViewHandle) -> None:
 @pytest.mark.timeout(60)
 def test_fusemount_stop_exits_0_and_unmounts(view: ViewHandle, source: Path) -> None:
     view.ok(f"attach data {source}")
-    pid = _pid(view)
+    pid = view.pid
     result = fusemount("stop", str(view.path))
     assert result.returncode == 0, result.stderr
     assert wait_gone(pid, STOP_DEADLINE_S)

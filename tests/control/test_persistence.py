@@ -23,18 +23,12 @@ from tests.support.control import (
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import SourceFactory
-from tests.support.users import User, Users, py_as
+from tests.support.users import Users, listing_as
 
 # What must survive a restart unchanged, per mounts.json record.
 _KEPT = ("name", "kind", "source", "state", "ro", "owner", "allow", "holders", "dev", "ino")
 # The daemon warns about a subtree it could not re-attach; that is expected here.
 _EXPECTED_WARNINGS = ("not attached",)
-
-
-def _listing_as(user: User, view: Path) -> list[str]:
-    names = py_as(user, f"print(json.dumps(sorted(os.listdir({str(view)!r}))))")
-    assert isinstance(names, list)
-    return [str(n) for n in names]
 
 
 def _kept(records: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -62,9 +56,9 @@ def test_restart_keeps_subtrees_holders_and_policies(
     assert names_listed(view.path) == {"plain", "shared", "held"}
     assert (view.path / "shared" / "f").read_text() == "shared"
     # The policies act, not just show: carol sees nothing, bob reads, ro stays ro.
-    assert "shared" not in _listing_as(users.carol, view.path)
-    assert "shared" in _listing_as(bob, view.path)
-    assert "shared" in _listing_as(alice, view.path)
+    assert "shared" not in listing_as(users.carol, view.path)
+    assert "shared" in listing_as(bob, view.path)
+    assert "shared" in listing_as(alice, view.path)
     with pytest.raises(OSError) as ro:
         (view.path / "shared" / "new").write_text("x")
     assert ro.value.errno == errno.EROFS
@@ -83,8 +77,8 @@ def test_restart_keeps_what_users_see(
     view.ok(f"attach forbob {open_to_bob} allow={users.bob.name}:ro")
     view.ok(f"attach hidden {hidden}")
     view.restart()
-    assert _listing_as(users.bob, view.path) == [".fusemount", "forbob"]
-    assert _listing_as(users.carol, view.path) == [".fusemount"]
+    assert listing_as(users.bob, view.path) == [".fusemount", "forbob"]
+    assert listing_as(users.carol, view.path) == [".fusemount"]
 
 
 @pytest.mark.timeout(60)

@@ -51,8 +51,7 @@ def _hup(view: ViewHandle, config_text: str | None = None) -> None:
     if config_text is not None:
         view.daemon.config_path.write_text(config_text)
     done = view.daemon.stderr_text().count("signal SIGHUP: reloading")
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     os.kill(pid, signal.SIGHUP)
 
     def finished() -> bool:
@@ -202,7 +201,7 @@ def test_sighup_reopens_the_log_file_after_logrotate_issue_15(
     view.ok(f"attach data {source}")
     log_file.rename(scratch / "daemon.log.1")
     audit.rename(scratch / "audit.jsonl.1")
-    os.kill(view.daemon.pid or 0, signal.SIGHUP)
+    os.kill(view.pid, signal.SIGHUP)
     assert wait_until(lambda: log_file.exists() and "reloaded" in log_file.read_text(), 15)
     view.ok("detach data")
     assert [r["command"] for r in audit_records(audit)] == ["detach data"]

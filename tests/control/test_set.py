@@ -13,13 +13,7 @@ import pytest
 from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
-from tests.support.users import User, Users, py_as
-
-
-def _listing_as(view: ViewHandle, user: User) -> list[str]:
-    result = py_as(user, f"print(json.dumps(sorted(os.listdir({str(view.path)!r}))))")
-    assert isinstance(result, list)
-    return [str(n) for n in result]
+from tests.support.users import Users, listing_as
 
 
 @pytest.mark.timeout(60)
@@ -41,18 +35,18 @@ def test_set_owner_and_allow_persist_across_restart(
     view: ViewHandle, source: Path, users: Users
 ) -> None:
     view.ok(f"attach data {source}")
-    assert _listing_as(view, users.bob) == [".fusemount"]
+    assert listing_as(users.bob, view.path) == [".fusemount"]
     view.ok(f"set data owner={users.alice.name} allow={users.bob.name}:ro ro")
     record = record_of(view.mounts_json(), "data")
     assert (record["owner"], record["ro"]) == (users.alice.uid, True)
-    assert _listing_as(view, users.bob) == [".fusemount", "data"]
+    assert listing_as(users.bob, view.path) == [".fusemount", "data"]
     view.restart()
     record = record_of(view.mounts_json(), "data")
     assert (record["owner"], record["ro"]) == (users.alice.uid, True)
-    assert _listing_as(view, users.bob) == [".fusemount", "data"]
-    assert _listing_as(view, users.carol) == [".fusemount"]
+    assert listing_as(users.bob, view.path) == [".fusemount", "data"]
+    assert listing_as(users.carol, view.path) == [".fusemount"]
     view.ok("set data allow=")
-    assert _listing_as(view, users.bob) == [".fusemount"]
+    assert listing_as(users.bob, view.path) == [".fusemount"]
 
 
 @pytest.mark.timeout(60)

@@ -193,8 +193,7 @@ def test_an_open_with_o_nonblock_gets_ewouldblock_from_a_lease_as_natively(
 
 def _daemon_fds(view: ViewHandle) -> dict[str, int]:
     """Where the daemon's descriptors point, with their open flags (from fdinfo)."""
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     found: dict[str, int] = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -212,8 +211,7 @@ def _wait_until_idle(view: ViewHandle, limit_s: float) -> None:
     """Wait until no thread of the daemon runs or waits for the disk (a close in a worker
     frees the file's blocks after the descriptor is gone from /proc), so the daemon can stop
     at teardown."""
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     deadline = time.monotonic() + limit_s
     quiet = 0
     while quiet < 3:

@@ -46,8 +46,7 @@ def test_busy_view_holds_latency_request_then_withdraws_it(
                         "[cache]\nentry_timeout = 0\nattr_timeout = 0\n")
     (source / "f").write_text("x")
     view.ok(f"attach s {source}")
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     time.sleep(1.5)  # the attach and the fixture's probes are long over
     assert not _holds_device(pid), "an idle view must not hold the request"
     assert _stat_burst(view.path / "s" / "f", 2.0, pid)
@@ -64,7 +63,6 @@ def test_busy_poll_false_never_holds_it(view_factory: ViewFactory, source: Path,
     view = view_factory(config)
     (source / "f").write_text("x")
     view.ok(f"attach s {source}")
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     assert not _stat_burst(view.path / "s" / "f", 2.0, pid)
     assert _gauge(view) == 0.0

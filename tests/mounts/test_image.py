@@ -56,8 +56,7 @@ def test_mount_ext4_image_io_uses_an_autoclear_loop_device(
     # The ext4 filesystem on that loop device is mounted at no path.
     dev = reply.get("dev")
     assert isinstance(dev, int) and dev == os.stat(loop.name).st_rdev, reply
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     for who in ("self", pid):
         assert [p for d, p in mountinfo_devs(who) if d == dev] == []
     flags = statvfs_flags_of_mount(pid, dev)
@@ -112,8 +111,7 @@ def test_mount_ext4_ro_never_writes_the_image(source: Path, view: ViewHandle) ->
     image = make_ext4_image(source / "ro.img", content)
     try:
         before = image.read_bytes()
-        pid = view.daemon.pid
-        assert pid is not None
+        pid = view.pid
         reply = view.ok(f"mount r1 ext4 {image} ro")
         root = view.path / "r1"
         assert (root / "readme").read_text() == "read only\n"

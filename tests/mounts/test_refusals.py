@@ -56,8 +56,7 @@ def test_mount_ro_with_rw_option_is_refused_or_stays_read_only(view: ViewHandle)
         assert reply.errno == errno.EINVAL, reply.describe("mount ... ro options=rw")
         assert view.mounts_json() == []
         return
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     dev = reply.data.get("dev")
     assert isinstance(dev, int)
     assert statvfs_flags_of_mount(pid, dev) & os.ST_RDONLY

@@ -25,12 +25,6 @@ def _dev_of(reply: dict[str, object]) -> int:
     return dev
 
 
-def _daemon_pid(view: ViewHandle) -> int:
-    pid = view.daemon.pid
-    assert pid is not None
-    return pid
-
-
 def _errno_of_writing(path: Path, total: int) -> int:
     """Write total bytes to path through the view; 0, or the errno that stopped it."""
     chunk = b"x" * MIB
@@ -106,7 +100,7 @@ def test_mount_tmpfs_size_option_gives_enospc_through_the_view(view: ViewHandle)
     assert _errno_of_writing(view.path / "t1" / "big", 12 * MIB) == errno.ENOSPC
     # The filesystem is still usable once the space is given back.
     (view.path / "t1" / "big").unlink()
-    assert _wait_free_bytes(_daemon_pid(view), dev, 7 * MIB) >= 7 * MIB, (
+    assert _wait_free_bytes(view.pid, dev, 7 * MIB) >= 7 * MIB, (
         "an unlinked, closed file's space never came back: the daemon keeps it open"
     )
     (view.path / "t1" / "small").write_bytes(b"y" * MIB)
@@ -116,7 +110,7 @@ def test_mount_tmpfs_size_option_gives_enospc_through_the_view(view: ViewHandle)
 
 @pytest.mark.timeout(60)
 def test_mount_tmpfs_appears_at_no_path_in_any_mountinfo(view: ViewHandle) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     reply = view.ok("mount t1 tmpfs none options=size=8m,mode=0755")
     dev = _dev_of(reply)
     (view.path / "t1" / "f").write_bytes(b"x")
@@ -131,7 +125,7 @@ def test_mount_tmpfs_appears_at_no_path_in_any_mountinfo(view: ViewHandle) -> No
 
 @pytest.mark.timeout(60)
 def test_mount_tmpfs_is_always_nosuid_nodev(view: ViewHandle) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     dev = _dev_of(view.ok("mount t1 tmpfs none options=size=8m"))
     flags = statvfs_flags_of_mount(pid, dev)
     assert flags & os.ST_NOSUID, "daemon-made mount lacks nosuid"
@@ -142,7 +136,7 @@ def test_mount_tmpfs_is_always_nosuid_nodev(view: ViewHandle) -> None:
 
 @pytest.mark.timeout(60)
 def test_mount_tmpfs_size_option_reaches_the_filesystem(view: ViewHandle) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     dev = _dev_of(view.ok("mount t1 tmpfs none options=size=8m"))
     [path, *_] = daemon_fds_on(pid, dev)
     st = os.statvfs(path)
@@ -152,7 +146,7 @@ def test_mount_tmpfs_size_option_reaches_the_filesystem(view: ViewHandle) -> Non
 
 @pytest.mark.timeout(60)
 def test_mount_ro_tmpfs_writes_fail_erofs(view: ViewHandle) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     dev = _dev_of(view.ok("mount r1 tmpfs none ro options=size=8m"))
     assert statvfs_flags_of_mount(pid, dev) & os.ST_RDONLY, "ro mount is not read-only"
     root = view.path / "r1"
@@ -170,7 +164,7 @@ def test_mount_ro_tmpfs_writes_fail_erofs(view: ViewHandle) -> None:
 
 @pytest.mark.timeout(60)
 def test_mount_noexec_option_is_accepted_and_applied(view: ViewHandle) -> None:
-    pid = _daemon_pid(view)
+    pid = view.pid
     dev = _dev_of(view.ok("mount x1 tmpfs none options=noexec,size=8m"))
     flags = statvfs_flags_of_mount(pid, dev)
     assert flags & os.ST_NOEXEC

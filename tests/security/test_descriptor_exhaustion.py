@@ -76,8 +76,7 @@ def _attack_and_check(view_factory: ViewFactory, source: Path, listed: Path,
     view = view_factory()
     view.ok(f"attach s {source} allow=*:ro")
     (Path(source) / "plain").write_text("root reads this\n")
-    pid = view.daemon.pid
-    assert pid is not None
+    pid = view.pid
     target = view.path / "s" / listed.relative_to(source)
     with _peak_fds(pid) as peak:
         result = py_as(users.carol, ATTACK.format(root=str(target)), timeout_s=180)

@@ -398,6 +398,13 @@ class ViewHandle:
     def mounts_json(self) -> list[dict[str, object]]:
         return mounts_json(self.path)
 
+    @property
+    def pid(self) -> int:
+        """The pid of the daemon serving the view; fails the test unless it is running."""
+        pid = self.daemon.pid
+        assert pid is not None and self.daemon.running, "the view's daemon is not running"
+        return pid
+
     def restart(self, config_text: str | None = None) -> None:
         self.daemon.restart(config_text)
 

@@ -355,6 +355,13 @@ def py_as(user: User, code: str, umask: int | None = None, timeout_s: float = 60
     return value
 
 
+def listing_as(user: User, directory: Path) -> list[str]:
+    """The names in directory as user lists them, sorted; fails the test if the listing does."""
+    names = py_as(user, f"print(json.dumps(sorted(os.listdir({str(directory)!r}))))")
+    assert isinstance(names, list), names
+    return [str(n) for n in names]
+
+
 class UserSteps:
     """A Python process of one user that runs step after step on request, keeping its cwd.
 
