@@ -14,6 +14,7 @@ from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import SourceFactory
+from tests.support.permissions import self_service_config
 from tests.support.users import User, Users
 
 
@@ -21,14 +22,6 @@ def _owned_dir(parent: Path, name: str, user: User, mode: int = 0o755) -> Path:
     path = make_dir(parent, name, mode)
     os.chown(path, user.uid, user.gid)
     return path
-
-
-def _self_service_config(root: Path, per_user: int = 8) -> str:
-    return (
-        "[access]\nself_service = true\n"
-        f'self_service_roots = ["{root}"]\n'
-        f"[limits]\nmax_subtrees_per_user = {per_user}\n"
-    )
 
 
 @pytest.mark.timeout(60)
@@ -137,7 +130,7 @@ def test_eacces_when_self_service_caller_may_not_read_source(
     alice = users.alice
     closed = _owned_dir(scratch, "closed", alice, 0o000)
     not_hers = make_dir(scratch, "roots")
-    view = view_factory(_self_service_config(scratch))
+    view = view_factory(self_service_config(scratch, per_user=8))
     refused(view, f"attach mine {closed}", errno.EACCES, alice)
     refused(view, f"attach mine {not_hers}", errno.EACCES, alice)
     # Outside self_service_roots, even a directory she owns.
@@ -194,7 +187,7 @@ def test_edquot_for_self_service_user_over_cap(
 ) -> None:
     alice = users.alice
     dirs = [_owned_dir(scratch, f"a{i}", alice) for i in range(3)]
-    view = view_factory(_self_service_config(scratch, per_user=2))
+    view = view_factory(self_service_config(scratch, per_user=2))
     for i in range(2):
         reply = ctl_as(alice, view.path, f"attach a{i} {dirs[i]}")
         assert reply.errno is None, reply.describe("attach")

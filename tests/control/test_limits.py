@@ -18,6 +18,7 @@ from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import SourceFactory
+from tests.support.permissions import self_service_config
 from tests.support.users import SYSTEM_PYTHON, User, Users
 
 
@@ -49,10 +50,7 @@ def test_max_subtrees_per_user_is_edquot_until_one_is_detached(
         path = make_dir(scratch, f"d{i}")
         os.chown(path, alice.uid, alice.gid)
         dirs.append(path)
-    view = view_factory(
-        f'[access]\nself_service = true\nself_service_roots = ["{scratch}"]\n'
-        "[limits]\nmax_subtrees_per_user = 2\n"
-    )
+    view = view_factory(self_service_config(scratch, per_user=2))
     for i in range(2):
         reply = ctl_as(alice, view.path, f"attach d{i} {dirs[i]}")
         assert reply.errno is None, reply.describe("attach")

@@ -23,6 +23,7 @@ from tests.support.control import (
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import SourceFactory
+from tests.support.permissions import self_service_config
 from tests.support.users import Users, listing_as
 
 # What must survive a restart unchanged, per mounts.json record.
@@ -218,7 +219,7 @@ def test_restart_restores_self_service_and_mount_subtrees(
     alice = users.alice
     hers = make_dir(scratch, "hers")
     os.chown(hers, alice.uid, alice.gid)
-    view = view_factory(f'[access]\nself_service = true\nself_service_roots = ["{scratch}"]\n')
+    view = view_factory(self_service_config(scratch))
     reply = ctl_as(alice, view.path, f"attach hers {hers}")
     assert reply.errno is None, reply.describe("attach")
     view.ok("mount scratch tmpfs none options=size=1m holder=H1")

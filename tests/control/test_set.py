@@ -13,6 +13,7 @@ import pytest
 from tests.support.control import make_dir, names_listed, record_of, refused
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
+from tests.support.permissions import self_service_config
 from tests.support.users import Users, listing_as
 
 
@@ -66,7 +67,7 @@ def test_self_service_users_manage_only_their_own(
     alice, bob = users.alice, users.bob
     hers = make_dir(scratch, "hers")
     os.chown(hers, alice.uid, alice.gid)
-    view = view_factory(f'[access]\nself_service = true\nself_service_roots = ["{scratch}"]\n')
+    view = view_factory(self_service_config(scratch))
     reply = ctl_as(alice, view.path, f"attach hers {hers}")
     assert reply.errno is None, reply.describe("attach")
     # Hidden from bob: it must look missing, not forbidden.

@@ -16,16 +16,10 @@ import pytest
 
 from tests.support.ctl import ctl_as, unexpected_answers
 from tests.support.daemon import ViewFactory, ViewHandle
-from tests.support.permissions import ROOT, config, make_dir, probe
+from tests.support.permissions import ROOT, config, make_dir, probe, self_service_config
 from tests.support.users import Users
 
 pytestmark = pytest.mark.needs_root
-
-
-def _self_service_config(ss_root: Path, cap: int | None = None) -> str:
-    """config() with self service under ss_root and, if given, max_subtrees_per_user = cap."""
-    limits = "" if cap is None else f"[limits]\nmax_subtrees_per_user = {cap}\n"
-    return config(f"self_service = true\nself_service_roots = [{str(ss_root)!r}]\n" + limits)
 
 
 def _state(view: ViewHandle) -> list[tuple[object, ...]]:
@@ -87,7 +81,8 @@ def test_control_non_admins_are_refused_and_nothing_changes(
     """Without self service nobody but admins may act, even on their own subtree; with it,
     nothing beyond attach/detach/set of one's own opens up."""
     ss_root = make_dir(source / "ss", 0o755)
-    view = view_factory(config_text=_self_service_config(ss_root) if self_service else config())
+    text = self_service_config(ss_root, admins=True) if self_service else config()
+    view = view_factory(config_text=text)
     mine = make_dir(source / "mine", 0o755, users.alice.uid, users.alice.gid)
     theirs = make_dir(source / "theirs", 0o755)
     view.ok(f"attach alices {mine} owner={users.alice.name} allow={users.bob.name}:ro")
@@ -119,7 +114,7 @@ def test_control_non_admins_are_refused_and_nothing_changes(
 
 def _ss_view(view_factory: ViewFactory, source: Path, cap: int) -> tuple[ViewHandle, Path]:
     ss_root = make_dir(source / "ss", 0o755)
-    return view_factory(config_text=_self_service_config(ss_root, cap)), ss_root
+    return view_factory(config_text=self_service_config(ss_root, cap, admins=True)), ss_root
 
 
 @pytest.mark.timeout(60)

@@ -20,7 +20,7 @@ import pytest
 from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory
 from tests.support.mounts import make_ext4_image, release_loops
-from tests.support.permissions import ADMINS_CONFIG, config, make_dir
+from tests.support.permissions import ADMINS_CONFIG, config, make_dir, self_service_config
 from tests.support.users import Users
 
 pytestmark = pytest.mark.needs_root
@@ -35,8 +35,7 @@ def test_self_service_attach_of_own_directory_behind_a_0700_directory_is_eacces(
     locked = make_dir(roots / "locked", 0o700)
     hidden = make_dir(locked / "alices", 0o755, alice.uid, alice.gid)
     reachable = make_dir(roots / "open", 0o755, alice.uid, alice.gid)
-    view = view_factory(config_text=config(
-        f"self_service = true\nself_service_roots = [{str(roots)!r}]\n"))
+    view = view_factory(config_text=self_service_config(roots, admins=True))
     reply = ctl_as(alice, view.path, f"attach mine {hidden}")
     assert reply.errno == errno.EACCES, reply.describe("attach mine")
     assert view.mounts_json() == []
@@ -123,8 +122,7 @@ def test_self_service_subtree_reached_through_a_supplementary_group_survives_res
     team_only = make_dir(roots / "team", 0o710, 0, users.team.gid)
     mine = make_dir(team_only / "bobs", 0o755, bob.uid, bob.gid)
     # No admins by group here: a uid taken for a gid could otherwise pass for an admin.
-    view = view_factory(config_text="[access]\nself_service = true\n"
-                        f"self_service_roots = [{str(roots)!r}]\n")
+    view = view_factory(config_text=self_service_config(roots))
     assert ctl_as(bob, view.path, f"attach mine {mine}").errno is None
     view.restart()
     assert [(r["name"], r["state"]) for r in view.mounts_json()] == [("mine", "attached")]

@@ -18,6 +18,7 @@ from tests.support.ctl import ctl_as, unexpected_answers
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import fresh_dir
 from tests.support.escape import Trees
+from tests.support.permissions import self_service_config
 from tests.support.users import Users
 
 
@@ -64,8 +65,7 @@ def test_self_service_user_cannot_take_others_sources_or_subtrees(
     view_factory: ViewFactory, trees: Trees, users: Users, test_root: Path
 ) -> None:
     roots = fresh_dir(test_root, "selfservice-")
-    view = view_factory(config_text=f'[access]\nself_service = true\n'
-                                    f'self_service_roots = ["{roots}"]\n')
+    view = view_factory(config_text=self_service_config(roots))
     carol = users.carol
     carols = fresh_dir(roots, "carol-", carol)
     outside = fresh_dir(test_root, "carol-outside-", carol)

@@ -45,6 +45,16 @@ def config(extra: str = "") -> str:
     return ADMINS_CONFIG + extra
 
 
+def self_service_config(roots: Path, per_user: int | None = None, admins: bool = False) -> str:
+    """Config text with self service under roots (SPEC 5): with ADMINS_CONFIG's admins if
+    asked, and a [limits] max_subtrees_per_user = per_user if given."""
+    text = (ADMINS_CONFIG if admins else "[access]\n") + (
+        f"self_service = true\nself_service_roots = [{str(roots)!r}]\n")
+    if per_user is not None:
+        text += f"[limits]\nmax_subtrees_per_user = {per_user}\n"
+    return text
+
+
 def probe(user: User, ops: Mapping[str, str], umask: int | None = None) -> dict[str, Outcome]:
     """Run each Python expression in ops as user, in order; return name -> errno name or 0.
 
