@@ -15,13 +15,7 @@ from tests.support.ctl import ctl_as
 from tests.support.daemon import ViewFactory, ViewHandle
 from tests.support.dirs import SourceFactory
 from tests.support.permissions import self_service_config
-from tests.support.users import User, Users
-
-
-def _owned_dir(parent: Path, name: str, user: User, mode: int = 0o755) -> Path:
-    path = make_dir(parent, name, mode)
-    os.chown(path, user.uid, user.gid)
-    return path
+from tests.support.users import Users
 
 
 @pytest.mark.timeout(60)
@@ -128,17 +122,17 @@ def test_eacces_when_self_service_caller_may_not_read_source(
     view_factory: ViewFactory, scratch: Path, users: Users
 ) -> None:
     alice = users.alice
-    closed = _owned_dir(scratch, "closed", alice, 0o000)
+    closed = make_dir(scratch, "closed", 0o000, alice)
     not_hers = make_dir(scratch, "roots")
     view = view_factory(self_service_config(scratch, per_user=8))
     refused(view, f"attach mine {closed}", errno.EACCES, alice)
     refused(view, f"attach mine {not_hers}", errno.EACCES, alice)
     # Outside self_service_roots, even a directory she owns.
-    elsewhere = _owned_dir(scratch.parent, f"{scratch.name}-elsewhere", alice)
+    elsewhere = make_dir(scratch.parent, f"{scratch.name}-elsewhere", owner=alice)
     try:
         refused(view, f"attach mine {elsewhere}", errno.EACCES, alice)
         # Self service cannot give a subtree away.
-        ok_dir = _owned_dir(scratch, "open", alice)
+        ok_dir = make_dir(scratch, "open", owner=alice)
         refused(view, f"attach mine {ok_dir} owner={users.bob.name}", errno.EACCES, alice)
         reply = ctl_as(alice, view.path, f"attach mine {ok_dir}")
         assert reply.errno is None, reply.describe("attach")
@@ -186,7 +180,7 @@ def test_edquot_for_self_service_user_over_cap(
     view_factory: ViewFactory, scratch: Path, users: Users
 ) -> None:
     alice = users.alice
-    dirs = [_owned_dir(scratch, f"a{i}", alice) for i in range(3)]
+    dirs = [make_dir(scratch, f"a{i}", owner=alice) for i in range(3)]
     view = view_factory(self_service_config(scratch, per_user=2))
     for i in range(2):
         reply = ctl_as(alice, view.path, f"attach a{i} {dirs[i]}")

@@ -45,11 +45,7 @@ def test_max_subtrees_per_user_is_edquot_until_one_is_detached(
     view_factory: ViewFactory, scratch: Path, users: Users
 ) -> None:
     alice = users.alice
-    dirs = []
-    for i in range(3):
-        path = make_dir(scratch, f"d{i}")
-        os.chown(path, alice.uid, alice.gid)
-        dirs.append(path)
+    dirs = [make_dir(scratch, f"d{i}", owner=alice) for i in range(3)]
     view = view_factory(self_service_config(scratch, per_user=2))
     for i in range(2):
         reply = ctl_as(alice, view.path, f"attach d{i} {dirs[i]}")
@@ -57,8 +53,7 @@ def test_max_subtrees_per_user_is_edquot_until_one_is_detached(
     message = refused(view, f"attach d2 {dirs[2]}", errno.EDQUOT, alice)
     assert "max_subtrees_per_user" in message
     # Another user's subtrees do not count against alice.
-    bobs = make_dir(scratch, "bobs")
-    os.chown(bobs, users.bob.uid, users.bob.gid)
+    bobs = make_dir(scratch, "bobs", owner=users.bob)
     reply = ctl_as(users.bob, view.path, f"attach bobs {bobs}")
     assert reply.errno is None, reply.describe("attach as bob")
     reply = ctl_as(alice, view.path, "detach d0")

@@ -217,8 +217,7 @@ def test_restart_restores_self_service_and_mount_subtrees(
     view_factory: ViewFactory, scratch: Path, users: Users
 ) -> None:
     alice = users.alice
-    hers = make_dir(scratch, "hers")
-    os.chown(hers, alice.uid, alice.gid)
+    hers = make_dir(scratch, "hers", owner=alice)
     view = view_factory(self_service_config(scratch))
     reply = ctl_as(alice, view.path, f"attach hers {hers}")
     assert reply.errno is None, reply.describe("attach")

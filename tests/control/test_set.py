@@ -65,8 +65,7 @@ def test_self_service_users_manage_only_their_own(
     view_factory: ViewFactory, scratch: Path, users: Users
 ) -> None:
     alice, bob = users.alice, users.bob
-    hers = make_dir(scratch, "hers")
-    os.chown(hers, alice.uid, alice.gid)
+    hers = make_dir(scratch, "hers", owner=alice)
     view = view_factory(self_service_config(scratch))
     reply = ctl_as(alice, view.path, f"attach hers {hers}")
     assert reply.errno is None, reply.describe("attach")

@@ -63,11 +63,14 @@ def fusemount(*args: str, timeout_s: float = 30.0) -> subprocess.CompletedProces
     )
 
 
-def make_dir(parent: Path, name: str, mode: int = 0o755) -> Path:
-    """A fresh directory parent/name with exactly mode (the umask does not apply)."""
+def make_dir(parent: Path, name: str, mode: int = 0o755, owner: User | None = None) -> Path:
+    """A fresh directory parent/name with exactly mode (the umask does not apply), owned by
+    root or by owner."""
     path = parent / name
     path.mkdir()
     path.chmod(mode)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
     return path
 
 
