@@ -110,6 +110,18 @@ def test_state_file_is_json_after_every_command(
     assert leftovers == []
 
 
+def _restarted_with_source_replaced(view: ViewHandle, name: str, source: Path) -> dict[str, object]:
+    """Stop the daemon, put a new directory (holding `new`) at the path of subtree name's
+    source, start again: the subtree must come back failed. Returns its record."""
+    view.daemon.stop()
+    replace_dir(source)
+    (source / "new").write_text("new")
+    view.start_again()
+    record = record_of(view.mounts_json(), name)
+    assert record["state"] == "failed", record
+    return record
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.daemon_log_ok
 def test_replaced_source_comes_back_failed_and_not_attached(
@@ -119,15 +131,9 @@ def test_replaced_source_comes_back_failed_and_not_attached(
     (swapped / "old").write_text("old")
     view.ok(f"attach keep {keep}")
     view.ok(f"attach swapped {swapped} holder=H1")
-    view.daemon.stop()
-    replace_dir(swapped)
-    (swapped / "new").write_text("new")
-    view.start_again()
-    records = view.mounts_json()
-    failed = record_of(records, "swapped")
-    assert failed["state"] == "failed"
+    failed = _restarted_with_source_replaced(view, "swapped", swapped)
     assert isinstance(failed["reason"], str) and failed["reason"]
-    assert record_of(records, "keep")["state"] == "attached"
+    assert record_of(view.mounts_json(), "keep")["state"] == "attached"
     assert names_listed(view.path) == {"keep"}
     with pytest.raises(FileNotFoundError):
         os.stat(view.path / "swapped")
@@ -143,10 +149,7 @@ def test_replaced_source_comes_back_failed_and_not_attached(
 @pytest.mark.daemon_log_ok
 def test_admin_detaches_failed_entry(view: ViewHandle, source: Path) -> None:
     view.ok(f"attach data {source}")
-    view.daemon.stop()
-    replace_dir(source)
-    view.start_again()
-    assert record_of(view.mounts_json(), "data")["state"] == "failed"
+    _restarted_with_source_replaced(view, "data", source)
     view.ok("detach data")
     assert view.mounts_json() == []
     assert state_table(view.state) == {}
@@ -159,11 +162,7 @@ def test_admin_detaches_failed_entry(view: ViewHandle, source: Path) -> None:
 @pytest.mark.daemon_log_ok
 def test_admin_reattaches_failed_entry(view: ViewHandle, source: Path) -> None:
     view.ok(f"attach data {source}")
-    view.daemon.stop()
-    replace_dir(source)
-    (source / "new").write_text("new")
-    view.start_again()
-    assert record_of(view.mounts_json(), "data")["state"] == "failed"
+    _restarted_with_source_replaced(view, "data", source)
     reply = view.ok(f"attach data {source}")
     assert (reply["dev"], reply["ino"]) == (os.stat(source).st_dev, os.stat(source).st_ino)
     assert record_of(view.mounts_json(), "data")["state"] == "attached"
