@@ -1,8 +1,9 @@
-"""The pyfuse3 Operations: translate a request, check it, delegate, convert back (SPEC 3, 5).
+"""The subtree operations: translate a request on a subtree inode, check it, delegate,
+convert back (SPEC 3, 5).
 
-Each handler reads: who asks, which node, may they, do it, record it. Control inodes
-(the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
-inode is a Node of a live subtree, reached only through its held descriptor.
+Each handler reads: who asks, which node, may they, do it, record it. ops.py routes here
+only inodes and handles of subtrees (never the root, `.fusemount/` or their open files):
+every inode is a Node of a live subtree, reached only through its held descriptor.
 
 Caching (SPEC 5): in gate mode (the default) VIEW/NAME presents its gate's owner, bits and
 ACL, so the kernel itself refuses outsiders from its caches and subtree entries in the root
@@ -19,7 +20,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from typing import NoReturn
 
 import pyfuse3
 from pyfuse3 import (
@@ -33,19 +34,13 @@ from pyfuse3 import (
     ReaddirToken,
     RequestContext,
     SetattrFields,
-    StatvfsData,
 )
-from typing_extensions import override
 
 from fusemount.core.records import Caller
 from fusemount.host import backing, syscalls
-from fusemount.view import ctlfiles
-from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
+from fusemount.view.gate import SquashedRoot, Steps, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
 from fusemount.view.inodes import Node
-from fusemount.view.ranges import RangeOps
-from fusemount.view.xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +73,13 @@ def _as_squashed(caller: Caller) -> Caller | None:
     return caller if isinstance(caller, SquashedRoot) else None
 
 
-class Ops(XattrOps, RangeOps):
-    """The handlers for names, attributes, files and directories."""
+class SubtreeOps(Steps):
+    """The handlers for names, attributes, files and directories of subtrees."""
 
     # --- lookups and attributes -----------------------------------------------------------
 
-    @override
-    @fuse_handler
     async def lookup(self, parent_inode: InodeT, name: FileNameT,
                      ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(parent_inode):
-            return await self.control.lookup(parent_inode, name, ctx)
         check_name(name)
         parent = self._node(parent_inode)
         caller = self._enter(ctx, parent, new_names=True)
@@ -104,36 +95,22 @@ class Ops(XattrOps, RangeOps):
         self._trim()
         return self._attrs(node, st)
 
-    @override
-    async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
-        # Must not raise: pyfuse3 has no reply for forget.
-        for ino, nlookup in inode_list:
-            try:
-                if ctlfiles.is_control(ino):
-                    self.control.forget(ino, nlookup)
-                else:
-                    self.inodes.forget(ino, nlookup)
-            except Exception:
-                log.exception("forget(%d, %d) failed", ino, nlookup)
+    def forget(self, ino: InodeT, nlookup: int) -> None:
+        self.inodes.forget(ino, nlookup)
+
+    def forgotten(self) -> None:
+        """After a batch of forgets: sources whose last node went may close now."""
         self.registry.reap()
 
-    @override
-    @fuse_handler
     async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(inode):
-            return self.control.getattr(inode, ctx)
         node = self._node(inode)
         if not self._is_gate(node):  # anyone may stat a gate (SPEC 5): the kernel asks for
             self._enter(ctx, node)  # it to decide whether to let the caller through
         st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
 
-    @override
-    @fuse_handler
     async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields,
                       fh: FileHandleT | None, ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(inode):
-            return self.control.setattr(inode, fields, ctx)
         node = self._node(inode)
         is_gate = self._is_gate(node)
         if is_gate and (fields.update_mode or fields.update_uid or fields.update_gid):
@@ -183,34 +160,18 @@ class Ops(XattrOps, RangeOps):
         st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
         return self._attrs(node, st)
 
-    @override
-    @fuse_handler
     async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        if ctlfiles.is_control(inode):
-            self.control.readlink(inode)
         node = self._node(inode)
         self._enter(ctx, node)
         return FileNameT(await self._io(node.subtree, backing.readlink, (self.inodes.fd(node),)))
 
-    @override
-    @fuse_handler
     async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
-        if ctlfiles.is_control(inode):
-            return True
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(mode & os.W_OK), groups=True)
         return await self._io(node.subtree, backing.access, (self.inodes.fd(node),), mode, caller)
 
-    @override
-    @fuse_handler
-    async def statfs(self, ctx: RequestContext) -> StatvfsData:
-        # Only reached with an unpatched pyfuse3: RangeOps.statfs_inode answers otherwise.
-        return self.ctx.statfs(self.callers.from_ctx(ctx))
-
     # --- creating and removing names --------------------------------------------------------
 
-    @override
-    @fuse_handler
     async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
@@ -218,8 +179,6 @@ class Ops(XattrOps, RangeOps):
                               mode, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
-    @override
-    @fuse_handler
     async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
@@ -229,8 +188,6 @@ class Ops(XattrOps, RangeOps):
                               mode, rdev, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
-    @override
-    @fuse_handler
     async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
                       ctx: RequestContext) -> EntryAttributes:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
@@ -238,13 +195,9 @@ class Ops(XattrOps, RangeOps):
                               target, caller, new_fds=first_fd)
         return self._adopt(parent, name, made)
 
-    @override
-    @fuse_handler
     async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
                    ctx: RequestContext) -> EntryAttributes:
         parent, caller = await self._parent_for_change(new_parent_inode, new_name, ctx)
-        if ctlfiles.is_control(inode):
-            raise OSError(errno.EXDEV, "control files stay in .fusemount")
         node = self._node(inode)
         if node.subtree is not parent.subtree:
             raise OSError(errno.EXDEV, "hard link between subtrees")
@@ -253,8 +206,14 @@ class Ops(XattrOps, RangeOps):
                               _as_squashed(caller), new_fds=first_fd)
         return self._adopt(parent, new_name, made)
 
-    @override
-    @fuse_handler
+    async def refuse_across(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext,
+                            code: int, why: str) -> NoReturn:
+        """A rename or link whose other end is a control object: this end's checks come
+        first (the errno a caller sees does not depend on which end is the odd one), then
+        code."""
+        await self._parent_for_change(parent_inode, name, ctx)
+        raise OSError(code, why)
+
     async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
@@ -272,14 +231,10 @@ class Ops(XattrOps, RangeOps):
                 if keep >= 0:
                     await self.offloader.close(parent.subtree, (keep,))
 
-    @override
-    @fuse_handler
     async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
         await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
 
-    @override
-    @fuse_handler
     async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
                      parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
                      ctx: RequestContext) -> None:
@@ -296,11 +251,7 @@ class Ops(XattrOps, RangeOps):
 
     # --- files ------------------------------------------------------------------------------
 
-    @override
-    @fuse_handler
     async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
-        if ctlfiles.is_control(inode):
-            return self.control.open(inode, flags, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
                              new_names=True)
@@ -318,8 +269,6 @@ class Ops(XattrOps, RangeOps):
         # go through the same page cache.
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True)
 
-    @override
-    @fuse_handler
     async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
         parent, caller = await self._parent_for_change(parent_inode, name, ctx)
@@ -341,46 +290,24 @@ class Ops(XattrOps, RangeOps):
                                        sync=bool(flags & _SYNC_FLAGS))
         return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
 
-    @override
-    @fuse_handler
     async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        if ctlfiles.is_control_fh(self.handles.get(fh)):
-            return self.control.read(fh, off, size)
         handle = self.handles.file(fh)
         return await self.offloader.read(handle.node.subtree, handle.fd, size, off,
                                          self.handles.user_of(fh))
 
-    @override
-    @fuse_handler
     async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        handle = self.handles.get(fh)
-        if isinstance(handle, ControlHandle):
-            return await self.control.write(handle, buf)
         handle = self.handles.file(fh)
         return await self._io(handle.node.subtree, backing.write, (handle.fd,), buf, off,
                               handle.caller, blocking=handle.sync,
                               user=self.handles.user_of(fh))
 
-    @override
-    async def flush(self, fh: FileHandleT) -> None:
-        # ENOSYS once: the kernel then stops sending FLUSH on every close(), which saves a
-        # round trip per file. Sources are local filesystems that report write errors at
-        # write() or fsync(), not at close(); locks are kernel-local (pyfuse3 has no lock ops).
-        raise pyfuse3.FUSEError(errno.ENOSYS)
-
-    @override
-    @fuse_handler
     async def release(self, fh: FileHandleT) -> None:
         later = self.handles.release(fh)
         if later is not None:
             await self.offloader.close(*later)
         self.registry.reap()
 
-    @override
-    @fuse_handler
     async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        if isinstance(self.handles.get(fh), ControlHandle):
-            return  # nothing to make durable: control files are served from memory
         handle = self.handles.file(fh)
         sync = os.fdatasync if datasync else os.fsync
         await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True,
@@ -388,11 +315,7 @@ class Ops(XattrOps, RangeOps):
 
     # --- directories ------------------------------------------------------------------------
 
-    @override
-    @fuse_handler
     async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
-        if ctlfiles.is_control(inode):
-            return self.control.opendir(inode, ctx)
         node = self._node(inode)
         caller = self._enter(ctx, node, groups=True, new_names=True)
         user = self._charged(ctx)
@@ -401,13 +324,8 @@ class Ops(XattrOps, RangeOps):
                             new_fds=the_fd)
         return FileHandleT(self.handles.add_dir(node, fd, caller, user).fh)
 
-    @override
-    @fuse_handler
     async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
         handle = self.handles.get(fh)
-        if isinstance(handle, ControlHandle):
-            await self.control.readdir(handle, start_id, token)
-            return
         assert isinstance(handle, DirHandle)
         subtree = handle.node.subtree
         seek: int | None = None
@@ -476,14 +394,10 @@ class Ops(XattrOps, RangeOps):
             inodes.count_lookup(node)
         return node, self._attrs(node, st)
 
-    @override
-    @fuse_handler
     async def releasedir(self, fh: FileHandleT) -> None:
         self.handles.release(fh)
         self.registry.reap()
 
-    @override
-    @fuse_handler
     async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
         handle = self.handles.get(fh)
         if isinstance(handle, DirHandle):
