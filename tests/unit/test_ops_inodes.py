@@ -53,7 +53,8 @@ def open_fds() -> int:
 
 
 def make_ops(source: Path, max_cached_fds: int = 8192,
-             observer: RequestObserver | None = None) -> tuple[Ops, LiveSubtree]:
+             observer: RequestObserver | None = None,
+             policy: Policy | None = None) -> tuple[Ops, LiveSubtree]:
     config = Config(limits=Limits(max_cached_fds=max_cached_fds))
     inodes = InodeTable(max_cached_fds)
     ctx = ViewContext(config=config, rules=Rules(Admins(frozenset(), frozenset()), config.access),
@@ -64,7 +65,7 @@ def make_ops(source: Path, max_cached_fds: int = 8192,
     identity = Identity(st.st_dev, st.st_ino, 0, "")
     opened = sources._pin(root, identity, ro=False)
     os.close(root)
-    spec = SubtreeSpec("s", Kind.ATTACH, str(source), identity, Policy(owner=0))
+    spec = SubtreeSpec("s", Kind.ATTACH, str(source), identity, policy or Policy(owner=0))
     sid = ctx.table.add(spec)
     live = LiveSubtree(sid, spec, opened)
     inodes.add_root(live)
