@@ -39,7 +39,7 @@ from pyfuse3 import (
 from fusemount.core.records import Caller
 from fusemount.host import backing, syscalls
 from fusemount.view.gate import SquashedRoot, Steps, check_name, first_fd, the_fd, two_fds
-from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
+from fusemount.view.handles import LARGE_BLOCKS, DirHandle, FileHandle
 from fusemount.view.inodes import Node
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class SubtreeOps(Steps):
             await self._io(subtree, backing.chown, (self.inodes.fd(node),), uid, gid, caller)
         if fields.update_size:
             handle = self.handles.get(fh) if fh is not None else None
-            if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
+            if isinstance(handle, FileHandle):
                 frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
                 await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
                                caller, blocking=frees, user=self._charged(ctx))
