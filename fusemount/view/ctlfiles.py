@@ -18,7 +18,7 @@ import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pyfuse3
 from pyfuse3 import (
@@ -42,6 +42,9 @@ from fusemount.view.context import ViewContext
 from fusemount.view.inodes import FIRST_DYNAMIC_INO
 from fusemount.view.live import LiveSubtree
 
+# fstat of a subtree root's descriptor, offloaded if the subtree stalls: Offloader.run.
+StatRoot = Callable[[LiveSubtree, Callable[[int], os.stat_result], tuple[int]],
+                    Awaitable[os.stat_result]]
 # A ctl write: (opener, command) -> (0 or errno, reply line). Controller.execute.
 Execute = Callable[[Caller, bytes], Awaitable[tuple[int, bytes]]]
 
@@ -116,7 +119,7 @@ def _escape(text: str) -> str:
 
 
 class ControlFiles:
-    def __init__(self, ctx: ViewContext, io: Callable[..., Awaitable[Any]],
+    def __init__(self, ctx: ViewContext, io: StatRoot,
                  execute: Execute | None = None,
                  render_metrics: Callable[[], str] = lambda: "") -> None:
         self.ctx = ctx
@@ -157,8 +160,7 @@ class ControlFiles:
         raise OSError(errno.ENOENT, "no such control file")
 
     async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
-        result: os.stat_result = await self.io(subtree, os.fstat, (fd,))
-        return result
+        return await self.io(subtree, os.fstat, (fd,))
 
     async def _lookup_subtree(self, name: bytes, ctx: RequestContext) -> EntryAttributes:
         try:
