@@ -226,3 +226,21 @@ def test_subtree_side_never_sees_a_control_inode_or_handle_issue_16(
         ("refuse_across", sub), ("refuse_across", sub)]
     assert len(ops.handles) == 0
     live.close()
+
+
+def test_ops_is_the_only_operations_class_issue_16() -> None:
+    """The control files and the subtree side are plain collaborators of the router, not
+    pyfuse3.Operations layers stacked into one class."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import fusemount.view
+
+    found = set()
+    for info in pkgutil.iter_modules(fusemount.view.__path__, "fusemount.view."):
+        module = importlib.import_module(info.name)
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, pyfuse3.Operations) and cls is not pyfuse3.Operations:
+                found.add(f"{cls.__module__}.{cls.__qualname__}")
+    assert found == {"fusemount.view.ops.Ops"}
