@@ -1,7 +1,7 @@
 """Operations on sources. Descriptors only: nothing here accepts a path (SPEC 1, 3).
 
 Every function is one `*at()` call (or a few on the same descriptor) relative to a
-descriptor the caller holds, with a single-component name that ops.py has already
+descriptor the caller holds, with a single-component name that the view has already
 refused if it is `.`, `..`, empty or contains `/`. Symlinks are never followed: names
 are opened with O_NOFOLLOW, metadata calls use AT_SYMLINK_NOFOLLOW or AT_EMPTY_PATH.
 The one place a path string appears is `/proc/self/fd/N`, the kernel's name for a

@@ -4,6 +4,10 @@ The root lists `.fusemount` and the subtrees the caller may see; nothing can be 
 removed or renamed in it. Control files are served with direct I/O (size 0). Each open
 of `mounts`, `mounts.json`, `metrics` or `version` takes a snapshot for its reader; `ctl`
 keeps the reply to the last command written on that open file description.
+
+ControlFiles has every handler ops.py routes to it for a control inode or handle, with the
+errno each answers where a control object does not support the operation; `_FILES` is the
+one table of the files in `.fusemount/`.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pyfuse3
 from pyfuse3 import (
@@ -25,6 +29,8 @@ from pyfuse3 import (
     ReaddirToken,
     RequestContext,
     SetattrFields,
+    StatvfsData,
+    XAttrNameT,
 )
 
 from fusemount import __version__
@@ -33,9 +39,12 @@ from fusemount.core.records import Access, Caller, State
 from fusemount.host import principals
 from fusemount.view.attrs import synthetic
 from fusemount.view.context import ViewContext
-from fusemount.view.handles import ControlHandle, Handle
+from fusemount.view.inodes import FIRST_DYNAMIC_INO
 from fusemount.view.live import LiveSubtree
 
+# fstat of a subtree root's descriptor, offloaded if the subtree stalls: Offloader.run.
+StatRoot = Callable[[LiveSubtree, Callable[[int], os.stat_result], tuple[int]],
+                    Awaitable[os.stat_result]]
 # A ctl write: (opener, command) -> (0 or errno, reply line). Controller.execute.
 Execute = Callable[[Caller, bytes], Awaitable[tuple[int, bytes]]]
 
@@ -46,7 +55,7 @@ MOUNTS_INO = 4
 MOUNTS_JSON_INO = 5
 METRICS_INO = 6
 VERSION_INO = 7
-_LAST_CONTROL_INO = 999  # dynamic inode numbers start above (inodes.FIRST_DYNAMIC_INO)
+_LAST_CONTROL_INO = FIRST_DYNAMIC_INO - 1
 
 CTL_DIR_NAME = b".fusemount"
 
@@ -78,11 +87,8 @@ _STATIC_TIMEOUT = 60.0
 
 
 def is_control(ino: int) -> bool:
+    """Whether ino is the root, `.fusemount` or one of its files: what ops.py routes here."""
     return ino <= _LAST_CONTROL_INO
-
-
-def is_control_fh(handle: Handle) -> bool:
-    return isinstance(handle, ControlHandle)
 
 
 def _health(state: State, live: LiveSubtree | None) -> str:
@@ -113,7 +119,7 @@ def _escape(text: str) -> str:
 
 
 class ControlFiles:
-    def __init__(self, ctx: ViewContext, io: Callable[..., Awaitable[Any]],
+    def __init__(self, ctx: ViewContext, io: StatRoot,
                  execute: Execute | None = None,
                  render_metrics: Callable[[], str] = lambda: "") -> None:
         self.ctx = ctx
@@ -154,8 +160,7 @@ class ControlFiles:
         raise OSError(errno.ENOENT, "no such control file")
 
     async def _stat_root(self, subtree: LiveSubtree, fd: int) -> os.stat_result:
-        result: os.stat_result = await self.io(subtree, os.fstat, (fd,))
-        return result
+        return await self.io(subtree, os.fstat, (fd,))
 
     async def _lookup_subtree(self, name: bytes, ctx: RequestContext) -> EntryAttributes:
         try:
@@ -182,14 +187,15 @@ class ControlFiles:
     def forget(self, ino: int, nlookup: int) -> None:
         """Control inodes are static: the kernel may forget them, nothing to release."""
 
-    def readlink(self, ino: int) -> NoReturn:
+    async def readlink(self, ino: int) -> NoReturn:
         """No control object is a symlink: EINVAL, as readlink(2) of any non-symlink."""
         raise OSError(errno.EINVAL, "not a symbolic link")
 
-    def getattr(self, ino: int, ctx: RequestContext) -> EntryAttributes:
+    async def getattr(self, ino: int, ctx: RequestContext) -> EntryAttributes:
         return self._attrs(ino)
 
-    def setattr(self, ino: int, fields: SetattrFields, ctx: RequestContext) -> EntryAttributes:
+    async def setattr(self, ino: int, fields: SetattrFields,
+                      ctx: RequestContext) -> EntryAttributes:
         # `echo cmd > ctl` may truncate (O_TRUNC, or a size-0 setattr): accepted and ignored.
         if ino == CTL_INO and fields.update_size and not (
             fields.update_mode or fields.update_uid or fields.update_gid
@@ -197,9 +203,34 @@ class ControlFiles:
             return self._attrs(ino)
         raise OSError(errno.EPERM, "control files cannot be changed")
 
+    async def access(self, ino: int) -> bool:
+        # The kernel judged the modes already (default_permissions); open() refuses the rest.
+        return True
+
+    async def statfs(self, ctx: RequestContext) -> StatvfsData:
+        """The view root's answer: for the root and `.fusemount` (statfs_inode), and for
+        every path with an unpatched pyfuse3, which has no statfs_inode."""
+        return self.ctx.statfs(self.ctx.callers.from_ctx(ctx))
+
+    async def refuse_change(self) -> NoReturn:
+        """create, mkdir, mknod, symlink, link, unlink, rmdir, rename in the root or in
+        `.fusemount`, or renaming out of them (SPEC 3, 4)."""
+        raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
+
+    # --- extended attributes: control objects have none, and take none -------------------------
+
+    async def getxattr(self, name: XAttrNameT) -> bytes:
+        raise OSError(pyfuse3.ENOATTR, "no xattrs here")
+
+    async def listxattr(self) -> Sequence[XAttrNameT]:
+        return []
+
+    async def refuse_xattr_change(self) -> NoReturn:
+        raise OSError(errno.EPERM, "no xattrs here")
+
     # --- directories ------------------------------------------------------------------------
 
-    def opendir(self, ino: int, ctx: RequestContext) -> FileHandleT:
+    async def opendir(self, ino: int, ctx: RequestContext) -> FileHandleT:
         if ino not in (ROOT_INO, CTL_DIR_INO):
             raise OSError(errno.ENOTDIR, "not a directory")
         caller = self.ctx.callers.from_ctx(ctx)
@@ -214,7 +245,8 @@ class ControlFiles:
                 (name, file.ino) for name, file in _FILES.items()]
         return FileHandleT(handle.fh)
 
-    async def readdir(self, handle: ControlHandle, start_id: int, token: ReaddirToken) -> None:
+    async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        handle = self.ctx.handles.control(fh)
         inodes = self.ctx.inodes
         for index in range(start_id, len(handle.entries)):
             name, ino = handle.entries[index]
@@ -239,7 +271,7 @@ class ControlFiles:
 
     # --- files --------------------------------------------------------------------------------
 
-    def open(self, ino: int, flags: int, ctx: RequestContext) -> FileInfo:
+    async def open(self, ino: int, flags: int, ctx: RequestContext) -> FileInfo:
         if ino in (ROOT_INO, CTL_DIR_INO):
             raise OSError(errno.EISDIR, "is a directory")
         # Groups are read now, while the opener certainly exists: a command written later on
@@ -257,7 +289,7 @@ class ControlFiles:
         handle = self.ctx.handles.add_control(ino, caller, content)
         return FileInfo(fh=FileHandleT(handle.fh), direct_io=True, keep_cache=False)
 
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self.ctx.handles.control(fh)
         if handle.ino == CTL_INO:
             # The reply is read after the command's write, at file offset len(command):
@@ -267,7 +299,8 @@ class ControlFiles:
             return chunk
         return handle.content[off : off + size]
 
-    async def write(self, handle: ControlHandle, data: bytes) -> int:
+    async def write(self, fh: int, data: bytes) -> int:
+        handle = self.ctx.handles.control(fh)
         if handle.ino != CTL_INO or self.execute is None:
             raise OSError(errno.EBADF, "not writable")
         code, reply = await self.execute(handle.caller, data)
@@ -276,6 +309,19 @@ class ControlFiles:
         if code:
             raise pyfuse3.FUSEError(code)
         return len(data)
+
+    async def fsync(self) -> None:
+        """Nothing to make durable: control files are served from memory."""
+
+    async def release(self, fh: int) -> None:
+        # No subtree to reap: a control handle pins no node and holds no descriptor.
+        self.ctx.handles.release(fh)
+
+    async def refuse_range(self, code: int) -> NoReturn:
+        """fallocate and copy_file_range (EOPNOTSUPP: the kernel then copies with reads and
+        writes, which the control files answer as usual), lseek's SEEK_DATA and SEEK_HOLE
+        (ENXIO: a control file reads as size 0, where both seeks find nothing, as natively)."""
+        raise OSError(code, "control files hold no ranges")
 
     # --- listings -----------------------------------------------------------------------------
 

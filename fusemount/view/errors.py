@@ -68,7 +68,7 @@ def fuse_handler(
             log.exception("%s failed unexpectedly; answering EIO", op)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            # args[0] is the Operations instance (OpsBase.observer).
+            # args[0] is the Operations instance (ops.Ops.observer).
             observer: RequestObserver | None = getattr(args[0], "observer", None)
             if observer is not None:
                 observer.observe(op, clock() - start, code, args[1:])

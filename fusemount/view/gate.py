@@ -1,8 +1,10 @@
-"""What every handler does first: who asks, may they, and how a backing call runs (SPEC 5).
+"""What every subtree handler does first: who asks, may they, and how a backing call runs
+(SPEC 5).
 
-OpsBase holds the view's collaborators and the steps the handlers in ops.py and xattrs.py
-share: the subtree gate (access, read-only, detached), attributes, adopting new objects,
-bounding the inode table, and running a backing call inline or offloaded.
+Steps holds the subtree side's collaborators and the steps its handlers share (subtree.py,
+xattrs.py, ranges.py): the subtree gate (access, read-only, detached), attributes, adopting
+new objects, bounding the inode table, and running a backing call inline or offloaded.
+It never sees a control inode: ops.py routes those to ctlfiles before any step runs.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ from pyfuse3 import (
 
 from fusemount.core.records import Access, Caller
 from fusemount.host import backing
-from fusemount.view import ctlfiles
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
-from fusemount.view.errors import RequestObserver
 from fusemount.view.inodes import Node
 from fusemount.view.offload import Offloader
 from fusemount.view.registry import Registry
@@ -72,27 +72,17 @@ def check_name(name: bytes) -> None:
         raise OSError(errno.ENOENT, "refused name")
 
 
-class OpsBase(pyfuse3.Operations):
-    """Collaborators and shared steps of every handler."""
+class Steps:
+    """Collaborators and shared steps of every subtree handler: one per view, the base of
+    SubtreeOps and the context its xattr and range parts are built on."""
 
-    supports_dot_lookup = False  # no export support: the kernel never asks for `..`
-    enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
-    enable_writeback_cache = False
-
-    def __init__(self, ctx: ViewContext, registry: Registry | None = None,
-                 control: ctlfiles.ControlFiles | None = None,
-                 offloader: Offloader | None = None,
-                 observer: RequestObserver | None = None) -> None:
-        """The daemon passes all collaborators; a test may let the view make its own."""
-        super().__init__()
+    def __init__(self, ctx: ViewContext, registry: Registry, offloader: Offloader) -> None:
         self.ctx = ctx
-        self.observer = observer  # told of every answered request (errors.fuse_handler)
         self.inodes = ctx.inodes
         self.handles = ctx.handles
         self.callers = ctx.callers
-        self.registry = registry or Registry(ctx)
-        self.offloader = offloader or Offloader(ctx.config.limits.request_timeout_s)
-        self.control = control or ctlfiles.ControlFiles(ctx, self.offloader.run)
+        self.registry = registry
+        self.offloader = offloader
         self.entry_timeout = ctx.config.cache.entry_timeout
         self.attr_timeout = ctx.config.cache.attr_timeout
         # fn(*fds, *args) inline or offloaded (Offloader.run): bound once, one call per request.
@@ -173,8 +163,6 @@ class OpsBase(pyfuse3.Operations):
 
     async def _parent_for_change(self, parent_inode: int, name: bytes, ctx: RequestContext,
                                  ) -> tuple[Node, Caller]:
-        if ctlfiles.is_control(parent_inode):
-            raise OSError(errno.EACCES, "the root and .fusemount are immutable (SPEC 3)")
         check_name(name)
         parent = self._node(parent_inode)
         caller = self._enter(ctx, parent, write=True, groups=True, new_names=True)

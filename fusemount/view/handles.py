@@ -189,6 +189,11 @@ class HandleTable:
             raise OSError(errno.EBADF, "not an open file")
         return found
 
+    def is_control(self, fh: int) -> bool:
+        """Whether fh is an open control file or directory (ops.py routes by it): one look-up,
+        False for an unknown fh, whose handler then answers EBADF."""
+        return type(self._by_fh.get(fh)) is ControlHandle
+
     def control(self, fh: int) -> ControlHandle:
         found = self._by_fh.get(fh)
         if not isinstance(found, ControlHandle):

@@ -1,25 +1,22 @@
-"""The pyfuse3 Operations: translate a request, check it, delegate, convert back (SPEC 3, 5).
+"""The pyfuse3 Operations: a router over the control files and the subtree operations
+(SPEC 3, 4, 5).
 
-Each handler reads: who asks, which node, may they, do it, record it. Control inodes
-(the root and `.fusemount/`) are recognised at the top and handed to ctlfiles; every other
-inode is a Node of a live subtree, reached only through its held descriptor.
+Each handler routes once, at its top, by the inode or file handle the kernel names: the
+root, `.fusemount/` and their open files go to ctlfiles.ControlFiles, everything else to
+the subtree side (subtree.SubtreeOps, with its xattrs.XattrOps and ranges.RangeOps parts),
+which therefore never sees a control object. A rename or link with one end on each side is
+the only request that looks at two inodes.
 
-Caching (SPEC 5): in gate mode (the default) VIEW/NAME presents its gate's owner, bits and
-ACL, so the kernel itself refuses outsiders from its caches and subtree entries in the root
-are cached like any other. With `access.hide_names` they are returned with entry_timeout 0,
-so every path walk into a subtree asks the daemon, as that caller, whether the subtree exists
-for them. Inside a subtree the configured timeouts apply; `set` and `detach` invalidate the
-kernel's attributes (and the gate's ACL) of every inode of the subtree, so the next permission
-check comes back here.
+Hot path: a handler here is a plain `def` that returns the chosen side's coroutine, which
+fuse_handler awaits; routing costs one int comparison (inode) or one dict look-up (file
+handle) and no await or coroutine of its own.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-import os
-import stat
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import pyfuse3
 from pyfuse3 import (
@@ -34,332 +31,228 @@ from pyfuse3 import (
     RequestContext,
     SetattrFields,
     StatvfsData,
+    XAttrNameT,
 )
 from typing_extensions import override
 
-from fusemount.core.records import Caller
-from fusemount.host import backing, syscalls
-from fusemount.view import ctlfiles
-from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import SquashedRoot, check_name, first_fd, the_fd, two_fds
-from fusemount.view.handles import LARGE_BLOCKS, ControlHandle, DirHandle
-from fusemount.view.inodes import Node
+from fusemount.view.context import ViewContext
+from fusemount.view.ctlfiles import ControlFiles, is_control
+from fusemount.view.errors import RequestObserver, fuse_handler
+from fusemount.view.offload import Offloader
 from fusemount.view.ranges import RangeOps
+from fusemount.view.registry import Registry
+from fusemount.view.subtree import SubtreeOps
 from fusemount.view.xattrs import XattrOps
 
 log = logging.getLogger(__name__)
 
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND
-_DAEMON = Caller(0, 0, 0)
-# One getdents64 read per open directory at a time: what an open directory costs in
-# memory (SPEC 6), and several READDIRPLUS replies' worth of short names.
-_DIR_BUFFER_BYTES = 4096
-_SYNC_FLAGS = os.O_SYNC | os.O_DSYNC  # every write is an fsync: offload.py runs it in a worker
 
+class Ops(pyfuse3.Operations):
+    """The one Operations instance pyfuse3 sees: routes each request to its side."""
 
-def _create(parent_fd: int, flags: int, name: bytes, mode: int,
-            caller: Caller) -> tuple[int, int, os.stat_result]:
-    """backing.create with flags first, as Offloader.open passes them."""
-    return backing.create(parent_fd, name, flags, mode, caller)
+    supports_dot_lookup = False  # no export support: the kernel never asks for `..`
+    enable_acl = True  # backing POSIX ACLs apply to callers, checked by the kernel
+    enable_writeback_cache = False
 
+    def __init__(self, ctx: ViewContext, registry: Registry | None = None,
+                 control: ControlFiles | None = None,
+                 offloader: Offloader | None = None,
+                 observer: RequestObserver | None = None) -> None:
+        """The daemon passes all collaborators; a test may let the view make its own."""
+        super().__init__()
+        self.ctx = ctx
+        self.observer = observer  # told of every answered request (errors.fuse_handler)
+        self.handles = ctx.handles
+        offloader = offloader or Offloader(ctx.config.limits.request_timeout_s)
+        self.subtree = SubtreeOps(ctx, registry or Registry(ctx), offloader)
+        self.xattrs = XattrOps(self.subtree)
+        self.ranges = RangeOps(self.subtree)
+        self.control = control or ControlFiles(ctx, offloader.run)
+        self.inodes = ctx.inodes
+        self.offloader = offloader
 
-# The open descriptor in what a backing open returns (Offloader.open fixes its O_NONBLOCK).
-def _opened_by_reopen(fd: int) -> int:
-    return fd
+    # Cache timeouts live on the subtree side, which fills in attributes; a reload sets them.
+    @property
+    def entry_timeout(self) -> float:
+        return self.subtree.entry_timeout
 
+    @entry_timeout.setter
+    def entry_timeout(self, seconds: float) -> None:
+        self.subtree.entry_timeout = seconds
 
-def _opened_by_create(made: tuple[int, int, os.stat_result]) -> int:
-    return made[0]
+    @property
+    def attr_timeout(self) -> float:
+        return self.subtree.attr_timeout
 
+    @attr_timeout.setter
+    def attr_timeout(self, seconds: float) -> None:
+        self.subtree.attr_timeout = seconds
 
-def _as_squashed(caller: Caller) -> Caller | None:
-    """The caller a root-by-default backing call (lookup, link) must run as: only a squashed
-    root, whom the kernel let through as root; others were checked by the kernel."""
-    return caller if isinstance(caller, SquashedRoot) else None
-
-
-class Ops(XattrOps, RangeOps):
-    """The handlers for names, attributes, files and directories."""
+    def housekeeping(self) -> None:
+        """Once a second: keep the inode table within its cap even when no lookup comes."""
+        self.subtree.housekeeping()
 
     # --- lookups and attributes -----------------------------------------------------------
 
     @override
     @fuse_handler
-    async def lookup(self, parent_inode: InodeT, name: FileNameT,
-                     ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(parent_inode):
-            return await self.control.lookup(parent_inode, name, ctx)
-        check_name(name)
-        parent = self._node(parent_inode)
-        caller = self._enter(ctx, parent, new_names=True)
-        try:
-            fd, st = await self._io(parent.subtree, backing.lookup, (self.inodes.fd(parent),),
-                                    name, _as_squashed(caller), new_fds=first_fd)
-        except FileNotFoundError:
-            negative = EntryAttributes()
-            negative.st_ino = InodeT(0)  # cached by the kernel as a negative entry
-            negative.entry_timeout = self.entry_timeout
-            return negative
-        node = self.inodes.adopt(parent.subtree, fd, st.st_dev, st.st_ino, parent.ino, name)
-        self._trim()
-        return self._attrs(node, st)
+    def lookup(self, parent_inode: InodeT, name: FileNameT,
+               ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(parent_inode):
+            return self.control.lookup(parent_inode, name, ctx)
+        return self.subtree.lookup(parent_inode, name, ctx)
 
     @override
     async def forget(self, inode_list: Sequence[tuple[InodeT, int]]) -> None:
         # Must not raise: pyfuse3 has no reply for forget.
         for ino, nlookup in inode_list:
             try:
-                if ctlfiles.is_control(ino):
+                if is_control(ino):
                     self.control.forget(ino, nlookup)
                 else:
-                    self.inodes.forget(ino, nlookup)
+                    self.subtree.forget(ino, nlookup)
             except Exception:
                 log.exception("forget(%d, %d) failed", ino, nlookup)
-        self.registry.reap()
+        self.subtree.forgotten()
 
     @override
     @fuse_handler
-    async def getattr(self, inode: InodeT, ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(inode):
+    def getattr(self, inode: InodeT, ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(inode):
             return self.control.getattr(inode, ctx)
-        node = self._node(inode)
-        if not self._is_gate(node):  # anyone may stat a gate (SPEC 5): the kernel asks for
-            self._enter(ctx, node)  # it to decide whether to let the caller through
-        st = await self._io(node.subtree, backing.getattr_, (self.inodes.fd(node),))
-        return self._attrs(node, st)
+        return self.subtree.getattr(inode, ctx)
 
     @override
     @fuse_handler
-    async def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields,
-                      fh: FileHandleT | None, ctx: RequestContext) -> EntryAttributes:
-        if ctlfiles.is_control(inode):
+    def setattr(self, inode: InodeT, attr: EntryAttributes, fields: SetattrFields,
+                fh: FileHandleT | None, ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(inode):
             return self.control.setattr(inode, fields, ctx)
-        node = self._node(inode)
-        is_gate = self._is_gate(node)
-        if is_gate and (fields.update_mode or fields.update_uid or fields.update_gid):
-            raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
-        caller = self._enter(ctx, node, write=True, groups=True)
-        subtree = node.subtree
-        if is_gate or isinstance(caller, SquashedRoot):
-            # The kernel judged the times against the gate (let the source root judge them),
-            # or let a squashed root through by capability (nobody must be judged).
-            time_caller = caller
-        else:
-            time_caller = Caller(0, 0, caller.pid)
-        # The kernel has already applied setattr_prepare() for the caller (default_permissions:
-        # owner-only chmod and explicit times, chown rules, setgid clearing); what remains
-        # is done as the caller only where the backing filesystem must judge it too.
-        if fields.update_mode:
-            current = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
-            if self.ctx.config.access.deny_special_files:
-                # Only bits the file lacks: a kill-priv SETATTR may keep one it has.
-                backing.refuse_setid_on_file(attr.st_mode & ~current.st_mode, current.st_mode)
-            chmod_as = caller
-            if (current.st_uid != caller.uid and not isinstance(caller, SquashedRoot)
-                    and backing.kills_privileges(attr.st_mode, current.st_mode)):
-                chmod_as = _DAEMON  # a permitted non-owner's write/truncate/chown (SPEC 3)
-            await self._io(subtree, backing.chmod, (self.inodes.fd(node),), attr.st_mode,
-                           chmod_as)
-        if fields.update_uid or fields.update_gid:
-            uid = attr.st_uid if fields.update_uid else -1
-            gid = attr.st_gid if fields.update_gid else -1
-            await self._io(subtree, backing.chown, (self.inodes.fd(node),), uid, gid, caller)
-        if fields.update_size:
-            handle = self.handles.get(fh) if fh is not None else None
-            if handle is not None and not isinstance(handle, ControlHandle | DirHandle):
-                frees = os.fstat(handle.fd).st_blocks > LARGE_BLOCKS
-                await self._io(subtree, backing.truncate_open, (handle.fd,), attr.st_size,
-                               caller, blocking=frees, user=self._charged(ctx))
-            else:
-                await self._io(subtree, backing.truncate, (self.inodes.fd(node),),
-                               attr.st_size, caller, blocking=True, user=self._charged(ctx))
-        if fields.update_atime or fields.update_mtime:
-            await self._io(
-                subtree, backing.utimens, (self.inodes.fd(node),),
-                attr.st_atime_ns if fields.update_atime else None,
-                attr.st_mtime_ns if fields.update_mtime else None,
-                time_caller,
-            )
-        st = await self._io(subtree, backing.getattr_, (self.inodes.fd(node),))
-        return self._attrs(node, st)
+        return self.subtree.setattr(inode, attr, fields, fh, ctx)
 
     @override
     @fuse_handler
-    async def readlink(self, inode: InodeT, ctx: RequestContext) -> FileNameT:
-        if ctlfiles.is_control(inode):
-            self.control.readlink(inode)
-        node = self._node(inode)
-        self._enter(ctx, node)
-        return FileNameT(await self._io(node.subtree, backing.readlink, (self.inodes.fd(node),)))
+    def readlink(self, inode: InodeT, ctx: RequestContext) -> Awaitable[FileNameT]:
+        if is_control(inode):
+            return self.control.readlink(inode)
+        return self.subtree.readlink(inode, ctx)
 
     @override
     @fuse_handler
-    async def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> bool:
-        if ctlfiles.is_control(inode):
-            return True
-        node = self._node(inode)
-        caller = self._enter(ctx, node, write=bool(mode & os.W_OK), groups=True)
-        return await self._io(node.subtree, backing.access, (self.inodes.fd(node),), mode, caller)
+    def access(self, inode: InodeT, mode: ModeT, ctx: RequestContext) -> Awaitable[bool]:
+        if is_control(inode):
+            return self.control.access(inode)
+        return self.subtree.access(inode, mode, ctx)
 
     @override
     @fuse_handler
-    async def statfs(self, ctx: RequestContext) -> StatvfsData:
-        # Only reached with an unpatched pyfuse3: RangeOps.statfs_inode answers otherwise.
-        return self.ctx.statfs(self.callers.from_ctx(ctx))
+    def statfs(self, ctx: RequestContext) -> Awaitable[StatvfsData]:
+        # Only reached with an unpatched pyfuse3: statfs_inode answers otherwise.
+        return self.control.statfs(ctx)
+
+    @override
+    @fuse_handler
+    def statfs_inode(self, inode: InodeT, ctx: RequestContext) -> Awaitable[StatvfsData]:
+        if is_control(inode):
+            return self.control.statfs(ctx)
+        return self.ranges.statfs_inode(inode, ctx)
 
     # --- creating and removing names --------------------------------------------------------
 
     @override
     @fuse_handler
-    async def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
-                    ctx: RequestContext) -> EntryAttributes:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        made = await self._io(parent.subtree, backing.mkdir, (self.inodes.fd(parent),), name,
-                              mode, caller, new_fds=first_fd)
-        return self._adopt(parent, name, made)
+    def mkdir(self, parent_inode: InodeT, name: FileNameT, mode: ModeT,
+              ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.mkdir(parent_inode, name, mode, ctx)
 
     @override
     @fuse_handler
-    async def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
-                    ctx: RequestContext) -> EntryAttributes:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        if self.ctx.config.access.deny_special_files:
-            backing.refuse_special(mode)
-        made = await self._io(parent.subtree, backing.mknod, (self.inodes.fd(parent),), name,
-                              mode, rdev, caller, new_fds=first_fd)
-        return self._adopt(parent, name, made)
+    def mknod(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, rdev: int,
+              ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.mknod(parent_inode, name, mode, rdev, ctx)
 
     @override
     @fuse_handler
-    async def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
-                      ctx: RequestContext) -> EntryAttributes:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        made = await self._io(parent.subtree, backing.symlink, (self.inodes.fd(parent),), name,
-                              target, caller, new_fds=first_fd)
-        return self._adopt(parent, name, made)
+    def symlink(self, parent_inode: InodeT, name: FileNameT, target: FileNameT,
+                ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.symlink(parent_inode, name, target, ctx)
 
     @override
     @fuse_handler
-    async def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
-                   ctx: RequestContext) -> EntryAttributes:
-        parent, caller = await self._parent_for_change(new_parent_inode, new_name, ctx)
-        if ctlfiles.is_control(inode):
-            raise OSError(errno.EXDEV, "control files stay in .fusemount")
-        node = self._node(inode)
-        if node.subtree is not parent.subtree:
-            raise OSError(errno.EXDEV, "hard link between subtrees")
-        fds = (self.inodes.fd(node), self.inodes.fd(parent))
-        made = await self._io(parent.subtree, backing.link, fds, new_name,
-                              _as_squashed(caller), new_fds=first_fd)
-        return self._adopt(parent, new_name, made)
+    def link(self, inode: InodeT, new_parent_inode: InodeT, new_name: FileNameT,
+             ctx: RequestContext) -> Awaitable[EntryAttributes]:
+        if is_control(new_parent_inode):
+            return self.control.refuse_change()
+        if is_control(inode):
+            return self.subtree.refuse_across(new_parent_inode, new_name, ctx, errno.EXDEV,
+                                              "control files stay in .fusemount")
+        return self.subtree.link(inode, new_parent_inode, new_name, ctx)
 
     @override
     @fuse_handler
-    async def unlink(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        st = await self._io(parent.subtree, backing.unlink, (self.inodes.fd(parent),), name,
-                            caller)
-        if st.st_nlink <= 1:
-            # The last name is gone: drop our descriptor now rather than at the kernel's
-            # forget, so the space comes back when the last open file closes, as natively.
-            gone = self.inodes.find(parent.subtree, st.st_dev, st.st_ino)
-            if gone is not None:
-                # Closing the last reference of a large file frees its blocks, which can
-                # take seconds: keep a reference and drop it in a worker (offload.py).
-                large = st.st_blocks > LARGE_BLOCKS and gone.fd >= 0 and not gone.pins
-                keep = os.dup(gone.fd) if large else -1
-                self.inodes.release_fd(gone)
-                if keep >= 0:
-                    await self.offloader.close(parent.subtree, (keep,))
+    def unlink(self, parent_inode: InodeT, name: FileNameT,
+               ctx: RequestContext) -> Awaitable[None]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.unlink(parent_inode, name, ctx)
 
     @override
     @fuse_handler
-    async def rmdir(self, parent_inode: InodeT, name: FileNameT, ctx: RequestContext) -> None:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        await self._io(parent.subtree, backing.rmdir, (self.inodes.fd(parent),), name, caller)
+    def rmdir(self, parent_inode: InodeT, name: FileNameT,
+              ctx: RequestContext) -> Awaitable[None]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.rmdir(parent_inode, name, ctx)
 
     @override
     @fuse_handler
-    async def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
-                     parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
-                     ctx: RequestContext) -> None:
-        old_parent, caller = await self._parent_for_change(parent_inode_old, name_old, ctx)
-        new_parent, _ = await self._parent_for_change(parent_inode_new, name_new, ctx)
-        if old_parent.subtree is not new_parent.subtree:
-            raise OSError(errno.EXDEV, "rename between subtrees")
-        if flags & syscalls.RENAME_WHITEOUT and (
-                self.ctx.config.access.deny_special_files):
-            raise OSError(errno.EPERM, "whiteouts are not created (access.deny_special_files)")
-        fds = (self.inodes.fd(old_parent), self.inodes.fd(new_parent))
-        await self._io(old_parent.subtree, backing.rename, fds, name_old, name_new, flags,
-                       caller)
+    def rename(self, parent_inode_old: InodeT, name_old: FileNameT,
+               parent_inode_new: InodeT, name_new: FileNameT, flags: FlagT,
+               ctx: RequestContext) -> Awaitable[None]:
+        if is_control(parent_inode_old):
+            return self.control.refuse_change()
+        if is_control(parent_inode_new):
+            return self.subtree.refuse_across(parent_inode_old, name_old, ctx, errno.EACCES,
+                                              "the root and .fusemount are immutable (SPEC 3)")
+        return self.subtree.rename(parent_inode_old, name_old, parent_inode_new, name_new,
+                                   flags, ctx)
 
     # --- files ------------------------------------------------------------------------------
 
     @override
     @fuse_handler
-    async def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> FileInfo:
-        if ctlfiles.is_control(inode):
+    def open(self, inode: InodeT, flags: FlagT, ctx: RequestContext) -> Awaitable[FileInfo]:
+        if is_control(inode):
             return self.control.open(inode, flags, ctx)
-        node = self._node(inode)
-        caller = self._enter(ctx, node, write=bool(flags & _WRITE_FLAGS), groups=True,
-                             new_names=True)
-        user = self._charged(ctx)
-        self.handles.check_room(user)
-        path_fd = self.inodes.fd(node)
-        frees = bool(flags & os.O_TRUNC) and os.fstat(path_fd).st_blocks > LARGE_BLOCKS
-        fd = await self.offloader.open(
-            node.subtree, backing.reopen, (path_fd,), flags, caller, new_fds=the_fd,
-            opened=_opened_by_reopen, blocking=frees, user=user)
-        handle = self.handles.add_file(node, fd, bool(flags & _WRITE_FLAGS), caller, user,
-                                       sync=bool(flags & _SYNC_FLAGS))
-        # keep_cache: pages stay valid across opens; the kernel drops them itself when it
-        # sees size or mtime change (FUSE_AUTO_INVAL_DATA), and writes through the view
-        # go through the same page cache.
-        return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True)
+        return self.subtree.open(inode, flags, ctx)
 
     @override
     @fuse_handler
-    async def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
-                     ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        parent, caller = await self._parent_for_change(parent_inode, name, ctx)
-        if self.ctx.config.access.deny_special_files:
-            backing.refuse_setid_on_file(mode, stat.S_IFREG)
-        user = self._charged(ctx)
-        self.handles.check_room(user)
-        fd, path_fd, st = await self.offloader.open(
-            parent.subtree, _create, (self.inodes.fd(parent),), flags, name, mode, caller,
-            new_fds=two_fds, opened=_opened_by_create, user=user)
-        try:
-            self.handles.check_room(user)  # a call that awaited: other opens may have come
-        except OSError:
-            os.close(fd)
-            os.close(path_fd)
-            raise
-        node = self.inodes.adopt(parent.subtree, path_fd, st.st_dev, st.st_ino, parent.ino, name)
-        handle = self.handles.add_file(node, fd, True, caller, user,
-                                       sync=bool(flags & _SYNC_FLAGS))
-        return FileInfo(fh=FileHandleT(handle.fh), keep_cache=True), self._attrs(node, st)
+    def create(self, parent_inode: InodeT, name: FileNameT, mode: ModeT, flags: FlagT,
+               ctx: RequestContext) -> Awaitable[tuple[FileInfo, EntryAttributes]]:
+        if is_control(parent_inode):
+            return self.control.refuse_change()
+        return self.subtree.create(parent_inode, name, mode, flags, ctx)
 
     @override
     @fuse_handler
-    async def read(self, fh: FileHandleT, off: int, size: int) -> bytes:
-        if ctlfiles.is_control_fh(self.handles.get(fh)):
+    def read(self, fh: FileHandleT, off: int, size: int) -> Awaitable[bytes]:
+        if self.handles.is_control(fh):
             return self.control.read(fh, off, size)
-        handle = self.handles.file(fh)
-        return await self.offloader.read(handle.node.subtree, handle.fd, size, off,
-                                         self.handles.user_of(fh))
+        return self.subtree.read(fh, off, size)
 
     @override
     @fuse_handler
-    async def write(self, fh: FileHandleT, off: int, buf: bytes) -> int:
-        handle = self.handles.get(fh)
-        if isinstance(handle, ControlHandle):
-            return await self.control.write(handle, buf)
-        handle = self.handles.file(fh)
-        return await self._io(handle.node.subtree, backing.write, (handle.fd,), buf, off,
-                              handle.caller, blocking=handle.sync,
-                              user=self.handles.user_of(fh))
+    def write(self, fh: FileHandleT, off: int, buf: bytes) -> Awaitable[int]:
+        if self.handles.is_control(fh):
+            return self.control.write(fh, buf)
+        return self.subtree.write(fh, off, buf)
 
     @override
     async def flush(self, fh: FileHandleT) -> None:
@@ -370,123 +263,102 @@ class Ops(XattrOps, RangeOps):
 
     @override
     @fuse_handler
-    async def release(self, fh: FileHandleT) -> None:
-        later = self.handles.release(fh)
-        if later is not None:
-            await self.offloader.close(*later)
-        self.registry.reap()
+    def release(self, fh: FileHandleT) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.release(fh)
+        return self.subtree.release(fh)
 
     @override
     @fuse_handler
-    async def fsync(self, fh: FileHandleT, datasync: bool) -> None:
-        if isinstance(self.handles.get(fh), ControlHandle):
-            return  # nothing to make durable: control files are served from memory
-        handle = self.handles.file(fh)
-        sync = os.fdatasync if datasync else os.fsync
-        await self._io(handle.node.subtree, sync, (handle.fd,), blocking=True,
-                       user=self.handles.user_of(fh))
+    def fsync(self, fh: FileHandleT, datasync: bool) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.fsync()
+        return self.subtree.fsync(fh, datasync)
 
     # --- directories ------------------------------------------------------------------------
 
     @override
     @fuse_handler
-    async def opendir(self, inode: InodeT, ctx: RequestContext) -> FileHandleT:
-        if ctlfiles.is_control(inode):
+    def opendir(self, inode: InodeT, ctx: RequestContext) -> Awaitable[FileHandleT]:
+        if is_control(inode):
             return self.control.opendir(inode, ctx)
-        node = self._node(inode)
-        caller = self._enter(ctx, node, groups=True, new_names=True)
-        user = self._charged(ctx)
-        self.handles.check_room(user)
-        fd = await self._io(node.subtree, backing.opendir, (self.inodes.fd(node),), caller,
-                            new_fds=the_fd)
-        return FileHandleT(self.handles.add_dir(node, fd, caller, user).fh)
+        return self.subtree.opendir(inode, ctx)
 
     @override
     @fuse_handler
-    async def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> None:
-        handle = self.handles.get(fh)
-        if isinstance(handle, ControlHandle):
-            await self.control.readdir(handle, start_id, token)
-            return
-        assert isinstance(handle, DirHandle)
-        subtree = handle.node.subtree
-        seek: int | None = None
-        if start_id != handle.at:
-            # rewinddir, seekdir, or entries the kernel did not take: resume where it says.
-            seek, handle.buf, handle.cursor = start_id, b"", 0
-        dot: EntryAttributes | None = None
-        while True:
-            if handle.cursor >= len(handle.buf):
-                handle.buf = await self._io(subtree, backing.read_dir, (handle.fd,), seek,
-                                            _DIR_BUFFER_BYTES)
-                handle.cursor, seek = 0, None
-                if not handle.buf:
-                    break
-            name, next_off, reclen = backing.dir_entry(handle.buf, handle.cursor)
-            if name in (b".", b".."):
-                # `.` and `..` as a native listing shows them; the kernel takes no lookup
-                # reference for them, and `..` is never resolved on the source (SPEC 1).
-                if dot is None:
-                    dot = self._attrs(handle.node,
-                                      await self._io(subtree, backing.getattr_, (handle.fd,)))
-                if not pyfuse3.readdir_reply(token, FileNameT(name), dot, next_off):
-                    break
-            else:
-                found = await self._dir_entry(handle, name)
-                if found is not None:
-                    node, attrs = found
-                    if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, next_off):
-                        self.inodes.forget(node.ino, 1)  # the kernel did not take this entry
-                        break
-            handle.cursor += reclen
-            handle.at = next_off
-        self._trim()
-
-    async def _dir_entry(self, handle: DirHandle, name: bytes,
-                         ) -> tuple[Node, EntryAttributes] | None:
-        """The node of one listed name, with one lookup counted; None if it is gone."""
-        subtree = handle.node.subtree
-        inodes = self.inodes
-        try:
-            st = await self._io(subtree, backing.stat_name, (handle.fd,), name)
-        except FileNotFoundError:
-            return None  # removed since getdents64 saw it
-        node = inodes.find(subtree, st.st_dev, st.st_ino)
-        if node is not None and node.fd < 0 and node.handle is not None:
-            # Evicted: still the object the table remembers, or a new one behind a
-            # recycled st_ino? Its file handle says, without opening it.
-            try:
-                same = node.handle == await self._io(subtree, backing.handle_of,
-                                                     (handle.fd,), name)
-            except OSError:
-                same = False
-            # An offloaded call awaits: a forget may have dropped the node meanwhile.
-            if not same or inodes.find(subtree, st.st_dev, st.st_ino) is not node:
-                node = None
-        if node is None or (node.fd < 0 and node.handle is None) or not subtree.live:
-            # Not held: open it, so a new object behind a recycled st_ino is told apart
-            # from the one the table remembers (InodeTable.adopt).
-            try:
-                fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
-                                        new_fds=first_fd)
-            except FileNotFoundError:
-                return None
-            node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
-        else:
-            inodes.count_lookup(node)
-        return node, self._attrs(node, st)
+    def readdir(self, fh: FileHandleT, start_id: int, token: ReaddirToken) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.readdir(fh, start_id, token)
+        return self.subtree.readdir(fh, start_id, token)
 
     @override
     @fuse_handler
-    async def releasedir(self, fh: FileHandleT) -> None:
-        self.handles.release(fh)
-        self.registry.reap()
+    def releasedir(self, fh: FileHandleT) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.release(fh)
+        return self.subtree.releasedir(fh)
 
     @override
     @fuse_handler
-    async def fsyncdir(self, fh: FileHandleT, datasync: bool) -> None:
-        handle = self.handles.get(fh)
-        if isinstance(handle, DirHandle):
-            await self._io(handle.node.subtree, os.fsync, (handle.fd,), blocking=True,
-                           user=self.handles.user_of(fh))
+    def fsyncdir(self, fh: FileHandleT, datasync: bool) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.fsync()
+        return self.subtree.fsyncdir(fh, datasync)
 
+    # --- extended attributes ----------------------------------------------------------------
+
+    @override
+    @fuse_handler
+    def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> Awaitable[bytes]:
+        if is_control(inode):
+            return self.control.getxattr(name)
+        return self.xattrs.getxattr(inode, name, ctx)
+
+    @override
+    @fuse_handler
+    def listxattr(self, inode: InodeT, ctx: RequestContext) -> Awaitable[Sequence[XAttrNameT]]:
+        if is_control(inode):
+            return self.control.listxattr()
+        return self.xattrs.listxattr(inode, ctx)
+
+    @override
+    @fuse_handler
+    def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
+                 ctx: RequestContext) -> Awaitable[None]:
+        if is_control(inode):
+            return self.control.refuse_xattr_change()
+        return self.xattrs.setxattr(inode, name, value, ctx)
+
+    @override
+    @fuse_handler
+    def removexattr(self, inode: InodeT, name: XAttrNameT,
+                    ctx: RequestContext) -> Awaitable[None]:
+        if is_control(inode):
+            return self.control.refuse_xattr_change()
+        return self.xattrs.removexattr(inode, name, ctx)
+
+    # --- ranges (the patched binding: ranges.py) ----------------------------------------------
+
+    @override
+    @fuse_handler
+    def fallocate(self, fh: FileHandleT, mode: int, off: int, length: int,
+                  ctx: RequestContext) -> Awaitable[None]:
+        if self.handles.is_control(fh):
+            return self.control.refuse_range(errno.EOPNOTSUPP)
+        return self.ranges.fallocate(fh, mode, off, length, ctx)
+
+    @override
+    @fuse_handler
+    def lseek(self, fh: FileHandleT, off: int, whence: int) -> Awaitable[int]:
+        if self.handles.is_control(fh):
+            return self.control.refuse_range(errno.ENXIO)
+        return self.ranges.lseek(fh, off, whence)
+
+    @override
+    @fuse_handler
+    def copy_file_range(self, fh_in: FileHandleT, off_in: int, fh_out: FileHandleT,
+                        off_out: int, length: int, flags: int,
+                        ctx: RequestContext) -> Awaitable[int]:
+        if self.handles.is_control(fh_in) or self.handles.is_control(fh_out):
+            return self.control.refuse_range(errno.EOPNOTSUPP)
+        return self.ranges.copy_file_range(fh_in, off_in, fh_out, off_out, length, flags, ctx)

@@ -22,14 +22,10 @@ import errno
 import os
 
 from pyfuse3 import FileHandleT, InodeT, RequestContext, StatvfsData
-from typing_extensions import override
 
 from fusemount.core.records import Access
 from fusemount.host import backing
-from fusemount.view import ctlfiles
-from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import OpsBase
-from fusemount.view.handles import ControlHandle, FileHandle
+from fusemount.view.gate import Steps
 
 
 def statvfs_data(st: os.statvfs_result) -> StatvfsData:
@@ -50,63 +46,52 @@ def _not_enosys(exc: OSError) -> OSError:
     return exc
 
 
-class RangeOps(OpsBase):
-    """Handlers that need the patched binding."""
+class RangeOps:
+    """Handlers that need the patched binding, on subtree inodes and files; the control files
+    answer for their own (ctlfiles.ControlFiles)."""
 
-    @override
-    @fuse_handler
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+
     async def statfs_inode(self, inode: InodeT, ctx: RequestContext) -> StatvfsData:
-        caller = self.callers.from_ctx(ctx)
-        if ctlfiles.is_control(inode):
-            return self.ctx.statfs(caller)
-        node = self._node(inode)
+        steps = self.steps
+        caller = steps.callers.from_ctx(ctx)
+        node = steps._node(inode)
         # A caller outside the subtree can still name VIEW/NAME (the gate, SPEC 5); it gets
         # the root's answer, which leaves out what it may not see, not the source's sizes.
-        if self.ctx.access(caller, node.subtree.spec) is Access.NONE:
-            return self.ctx.statfs(caller)
-        st = await self._io(node.subtree, backing.statfs, (self.inodes.fd(node),))
+        if steps.ctx.access(caller, node.subtree.spec) is Access.NONE:
+            return steps.ctx.statfs(caller)
+        st = await steps._io(node.subtree, backing.statfs, (steps.inodes.fd(node),))
         return statvfs_data(st)
 
-    def _open_file(self, fh: int, control_errno: int) -> FileHandle:
-        if isinstance(self.handles.get(fh), ControlHandle):
-            raise OSError(control_errno, "control files hold no ranges")
-        return self.handles.file(fh)
-
-    @override
-    @fuse_handler
     async def fallocate(self, fh: FileHandleT, mode: int, off: int, length: int,
                         ctx: RequestContext) -> None:
-        handle = self._open_file(fh, errno.EOPNOTSUPP)
-        caller = self._enter(ctx, handle.node, write=True)
+        steps = self.steps
+        handle = steps.handles.file(fh)
+        caller = steps._enter(ctx, handle.node, write=True)
         try:
             # May allocate or zero gigabytes: a worker, so only its own waiters wait.
-            await self._io(handle.node.subtree, backing.fallocate, (handle.fd,), mode, off,
-                           length, caller, blocking=True, user=self._charged(ctx))
+            await steps._io(handle.node.subtree, backing.fallocate, (handle.fd,), mode, off,
+                            length, caller, blocking=True, user=steps._charged(ctx))
         except OSError as exc:
             raise _not_enosys(exc) from None
 
-    @override
-    @fuse_handler
     async def lseek(self, fh: FileHandleT, off: int, whence: int) -> int:
-        # ENXIO: a control file reads as size 0, where both seeks find nothing, as natively.
-        handle = self._open_file(fh, errno.ENXIO)
-        return await self._io(handle.node.subtree, backing.seek_data, (handle.fd,), off,
-                              whence)
+        handle = self.steps.handles.file(fh)
+        return await self.steps._io(handle.node.subtree, backing.seek_data, (handle.fd,), off,
+                                    whence)
 
-    @override
-    @fuse_handler
     async def copy_file_range(self, fh_in: FileHandleT, off_in: int, fh_out: FileHandleT,
                               off_out: int, length: int, flags: int,
                               ctx: RequestContext) -> int:
-        # EOPNOTSUPP for control files: the kernel then copies with reads and writes, each
-        # of which the control files answer as usual.
-        src = self._open_file(fh_in, errno.EOPNOTSUPP)
-        dst = self._open_file(fh_out, errno.EOPNOTSUPP)
-        self._enter(ctx, src.node)
-        caller = self._enter(ctx, dst.node, write=True)
+        steps = self.steps
+        src = steps.handles.file(fh_in)
+        dst = steps.handles.file(fh_out)
+        steps._enter(ctx, src.node)
+        caller = steps._enter(ctx, dst.node, write=True)
         try:
-            return await self._io(dst.node.subtree, backing.copy_range, (src.fd, dst.fd),
-                                  off_in, off_out, length, flags, caller, blocking=True,
-                                  user=self._charged(ctx))
+            return await steps._io(dst.node.subtree, backing.copy_range, (src.fd, dst.fd),
+                                   off_in, off_out, length, flags, caller, blocking=True,
+                                   user=steps._charged(ctx))
         except OSError as exc:
             raise _not_enosys(exc) from None

@@ -16,13 +16,10 @@ from pyfuse3 import (
     RequestContext,
     XAttrNameT,
 )
-from typing_extensions import override
 
 from fusemount.core.records import Caller
 from fusemount.host import backing
-from fusemount.view import ctlfiles
-from fusemount.view.errors import fuse_handler
-from fusemount.view.gate import OpsBase, SquashedRoot
+from fusemount.view.gate import SquashedRoot, Steps
 from fusemount.view.inodes import Node
 
 _PRIVATE_XATTR_NS = (b"trusted.", b"security.")
@@ -35,29 +32,28 @@ def _reader(caller: Caller) -> Caller:
     return caller if isinstance(caller, SquashedRoot) else Caller(0, 0, caller.pid)
 
 
-class XattrOps(OpsBase):
-    """get/list/set/removexattr on subtree nodes; control files have none."""
+class XattrOps:
+    """get/list/set/removexattr on subtree nodes; the control files answer for their own
+    inodes (ctlfiles.ControlFiles)."""
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
 
     def _xattr_node(self, inode: int, ctx: RequestContext, write: bool) -> tuple[Node, Caller]:
-        if ctlfiles.is_control(inode):
-            raise OSError(errno.EPERM if write else pyfuse3.ENOATTR, "no xattrs here")
-        node = self._node(inode)
-        return node, self._enter(ctx, node, write=write, groups=write)
+        node = self.steps._node(inode)
+        return node, self.steps._enter(ctx, node, write=write, groups=write)
 
     def _refuse_gate_acl(self, inode: int, name: bytes) -> None:
-        if name in _ACL_NAMES and not ctlfiles.is_control(inode) and self._is_gate(
-                self._node(inode)):
+        if name in _ACL_NAMES and self.steps._is_gate(self.steps._node(inode)):
             raise OSError(errno.EPERM, "a subtree's gate changes with `set` (SPEC 5)")
 
     def _gate_acl(self, node: Node) -> bytes | None:
-        return self.ctx.gate(node.subtree).acl
+        return self.steps.ctx.gate(node.subtree).acl
 
-    @override
-    @fuse_handler
     async def getxattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> bytes:
-        if name == ACL_ACCESS and not ctlfiles.is_control(inode):
-            node = self._node(inode)
-            if self._is_gate(node):
+        if name == ACL_ACCESS:
+            node = self.steps._node(inode)
+            if self.steps._is_gate(node):
                 # Asked by the kernel to decide whether *this* caller may pass, outsiders
                 # included: the gate is not secret, and answering lets the kernel cache it.
                 acl = self._gate_acl(node)
@@ -68,8 +64,8 @@ class XattrOps(OpsBase):
         if caller.uid != 0 and name.startswith(b"trusted."):
             raise OSError(pyfuse3.ENOATTR, "hidden namespace")
         try:
-            return await self._io(node.subtree, backing.getxattr, (self.inodes.fd(node),),
-                                  name, _reader(caller))
+            return await self.steps._io(node.subtree, backing.getxattr,
+                                        (self.steps.inodes.fd(node),), name, _reader(caller))
         except OSError as exc:
             # A source without xattrs (ramfs) has no ACL: say so, and the kernel lets the
             # mode bits decide, as natively; EOPNOTSUPP would fail every access.
@@ -77,24 +73,18 @@ class XattrOps(OpsBase):
                 raise OSError(pyfuse3.ENOATTR, "no ACL on this source") from None
             raise
 
-    @override
-    @fuse_handler
     async def listxattr(self, inode: InodeT, ctx: RequestContext) -> Sequence[XAttrNameT]:
-        if ctlfiles.is_control(inode):
-            return []
         node, caller = self._xattr_node(inode, ctx, False)
-        names = await self._io(node.subtree, backing.listxattr, (self.inodes.fd(node),),
-                               _reader(caller))
+        names = await self.steps._io(node.subtree, backing.listxattr,
+                                     (self.steps.inodes.fd(node),), _reader(caller))
         if caller.uid != 0:
             names = [n for n in names if not n.startswith(b"trusted.")]
-        if self._is_gate(node):
+        if self.steps._is_gate(node):
             names = [n for n in names if n != ACL_ACCESS]
             if self._gate_acl(node) is not None:
                 names.append(ACL_ACCESS)
         return [XAttrNameT(n) for n in names]
 
-    @override
-    @fuse_handler
     async def setxattr(self, inode: InodeT, name: XAttrNameT, value: bytes,
                        ctx: RequestContext) -> None:
         self._refuse_gate_acl(inode, name)
@@ -103,16 +93,15 @@ class XattrOps(OpsBase):
         # would be writable by anyone through the view: only root may touch them.
         if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
             raise OSError(errno.EPERM, "namespace reserved to root")
-        await self._io(node.subtree, backing.setxattr, (self.inodes.fd(node),), name, value, 0,
-                       caller)
+        await self.steps._io(node.subtree, backing.setxattr, (self.steps.inodes.fd(node),),
+                             name, value, 0, caller)
 
-    @override
-    @fuse_handler
     async def removexattr(self, inode: InodeT, name: XAttrNameT, ctx: RequestContext) -> None:
         self._refuse_gate_acl(inode, name)
         node, caller = self._xattr_node(inode, ctx, True)
         if caller.uid != 0 and name.startswith(_PRIVATE_XATTR_NS):
             raise OSError(errno.EPERM, "namespace reserved to root")
-        await self._io(node.subtree, backing.removexattr, (self.inodes.fd(node),), name, caller)
+        await self.steps._io(node.subtree, backing.removexattr,
+                             (self.steps.inodes.fd(node),), name, caller)
 
 

@@ -59,14 +59,16 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-def attach_live(ctx: ViewContext, source: Path, name: str) -> LiveSubtree:
-    """Pin source and publish it as subtree name (owner root), as control would."""
+def attach_live(ctx: ViewContext, source: Path, name: str,
+                policy: Policy | None = None) -> LiveSubtree:
+    """Pin source and publish it as subtree name (owner root unless policy says), as
+    control would."""
     root = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     st = os.fstat(root)
     identity = Identity(st.st_dev, st.st_ino, 0, "")
     opened = sources._pin(root, identity, ro=False)
     os.close(root)
-    spec = SubtreeSpec(name, Kind.ATTACH, str(source), identity, Policy(owner=0))
+    spec = SubtreeSpec(name, Kind.ATTACH, str(source), identity, policy or Policy(owner=0))
     live = LiveSubtree(ctx.table.add(spec), spec, opened)
     ctx.inodes.add_root(live)
     ctx.live[name] = live
@@ -74,12 +76,13 @@ def attach_live(ctx: ViewContext, source: Path, name: str) -> LiveSubtree:
 
 
 def make_ops(source: Path, max_cached_fds: int = 8192,
-             observer: RequestObserver | None = None) -> tuple[Ops, LiveSubtree]:
+             observer: RequestObserver | None = None,
+             policy: Policy | None = None) -> tuple[Ops, LiveSubtree]:
     """Ops over a fresh view with source attached as subtree `s`."""
     config = Config(limits=Limits(max_cached_fds=max_cached_fds))
     inodes = InodeTable(max_cached_fds)
     ctx = ViewContext(config=config, rules=Rules(Admins(frozenset(), frozenset()), config.access),
                       table=SubtreeTable(config.limits), inodes=inodes,
                       handles=HandleTable(inodes, config.limits.max_open_files))
-    live = attach_live(ctx, source, "s")
+    live = attach_live(ctx, source, "s", policy)
     return Ops(ctx, observer=observer), live
