@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build pyfuse3 from its PyPI sdist with binding/pyfuse3-<ver>.patch applied, and install it
 # into the venv whose python is $1 (issue 14: statfs with the inode, fallocate, lseek,
-# copy_file_range). Fails loudly when the download, the checksum, the patch or the build
+# copy_file_range; a spinning session loop, readdir entries without attributes, stat into
+# entry attributes). Fails loudly when the download, the checksum, the patch or the build
 # does not work: an unpatched pyfuse3 must never be installed silently.
 # Needs: pkg-config, libfuse3-dev, a C compiler, Python headers, patch (make setup checks).
 set -euo pipefail
@@ -52,6 +53,9 @@ import pyfuse3
 ops = pyfuse3.Operations
 missing = [m for m in ("statfs_inode", "fallocate", "lseek", "copy_file_range")
            if not hasattr(ops, m)]
+missing += [f for f in ("readdir_reply_name", "set_spin_ns") if not hasattr(pyfuse3, f)]
+if not hasattr(pyfuse3.EntryAttributes, "stat_at"):
+    missing.append("EntryAttributes.stat_at")
 if missing:
     raise SystemExit(f"build_pyfuse3: installed pyfuse3 lacks {missing}")
 print(f"pyfuse3 {pyfuse3.__version__} (fusemount patch) installed")

@@ -42,6 +42,7 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "max_command_bytes": (64, 1048576),
     "max_cached_fds": (64, 16384),
     "max_inodes": (1024, 16777216),
+    "spin_us": (0, 1000),
 }
 # Timeouts in seconds: a day is already far beyond any useful value.
 TIMEOUT_MAX_S = 86400.0
@@ -122,6 +123,7 @@ def parse_config(text: str) -> Config:
         ),
         performance=PerformanceConfig(
             busy_poll=performance.boolean("busy_poll", pf.busy_poll),
+            spin_us=performance.integer("spin_us", pf.spin_us),
         ),
         log=LogConfig(
             audit=log.string("audit", lg.audit, _is_audit_target, 'an absolute path or ""'),
@@ -323,6 +325,8 @@ _COMMENTS: dict[str, str] = {
     "limits.max_inodes": "inodes known before the kernel is asked to forget cold ones",
     "access.hide_names": "true: outsiders get ENOENT, one request per walk (SPEC 5)",
     "performance.busy_poll": "opt-in, host-wide: idle CPUs poll while requests flow",
+    "performance.spin_us": "after a reply, wait this long awake for the next request "
+    "(this process only; adaptive); 0: never",
     "log.audit": 'JSON-lines audit log; "" = in the daemon log (foreground) or '
                  "/var/log/fusemount/VIEW.audit.jsonl (detached)",
     "log.level": "debug, info, warning or error",

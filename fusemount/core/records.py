@@ -160,6 +160,9 @@ class CacheConfig:
 @dataclass(frozen=True, slots=True)
 class PerformanceConfig:
     busy_poll: bool = False  # opt-in: idle CPUs poll while the view is busy (view/busypoll.py)
+    # After each reply the daemon's own thread polls /dev/fuse this long for the next request
+    # (adaptive: it stops while spins find nothing). 0: never. Costs only this process's CPU.
+    spin_us: int = 50
 
 
 @dataclass(frozen=True, slots=True)

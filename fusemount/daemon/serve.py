@@ -487,6 +487,8 @@ async def _run(service: _Service) -> None:
         nursery.start_soon(_expiry, service)
         if service.busy is not None:
             nursery.start_soon(service.busy.run)
+        # Read at start only, like busy_poll (reload says so).
+        pyfuse3.set_spin_ns(ctx.config.performance.spin_us * 1000)
         nursery.start_soon(_fuse_main, nursery.cancel_scope)
         if opts.demo and ctx.table.get("demo") is None:
             code, reply = await controller.execute(Caller(0, 0, os.getpid()),

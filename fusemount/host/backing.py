@@ -157,9 +157,9 @@ def read_dir(dir_fd: int, offset: int | None, size: int) -> bytes:
     return syscalls.getdents64(dir_fd, size)
 
 
-def dir_entry(records: bytes, pos: int) -> tuple[bytes, int, int]:
-    """(name, offset of the next entry, record length) of the record at pos of read_dir's
-    result."""
+def dir_entry(records: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
+    """(name, offset of the next entry, record length, d_ino, d_type) of the record at pos
+    of read_dir's result."""
     return syscalls.dirent64_at(records, pos)
 
 

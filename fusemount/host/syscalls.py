@@ -519,9 +519,11 @@ def getdents64(fd: int, size: int) -> bytes:
     return buf.raw[:got]
 
 
-def dirent64_at(records: bytes, pos: int) -> tuple[bytes, int, int]:
-    """The record of a getdents64 result starting at byte pos: (name, d_off, d_reclen).
-    d_off is the filesystem's cookie for the position after this record (lseek to it)."""
-    _, d_off, reclen, _ = _DIRENT64.unpack_from(records, pos)
+def dirent64_at(records: bytes, pos: int) -> tuple[bytes, int, int, int, int]:
+    """The record of a getdents64 result starting at byte pos: (name, d_off, d_reclen,
+    d_ino, d_type). d_off is the filesystem's cookie for the position after this record
+    (lseek to it); d_type is a DT_* value, 0 (DT_UNKNOWN) where the filesystem does not say."""
+    d_ino, d_off, reclen, d_type = _DIRENT64.unpack_from(records, pos)
     start = pos + _DIRENT64.size
-    return records[start : records.index(b"\0", start, pos + reclen)], d_off, reclen
+    name = records[start : records.index(b"\0", start, pos + reclen)]
+    return name, d_off, reclen, d_ino, d_type

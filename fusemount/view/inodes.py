@@ -127,6 +127,9 @@ class Node:
     parent: int = 0
     name: bytes = b""
     trimming: bool = False  # an invalidation was requested; waiting for the forget
+    # When the kernel last got an entry of it (a lookup counted, time.monotonic()): readdir
+    # lists it by name alone while that entry is surely still valid (ops.readdir).
+    found_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +273,7 @@ class InodeTable:
             self._by_ino[node.ino] = node
         node.trimming = False
         node.lookups += 1
+        node.found_at = time.monotonic()
         return node
 
     @staticmethod
@@ -288,6 +292,7 @@ class InodeTable:
         """One more kernel reference to a node already in the table (readdirplus, root)."""
         node.trimming = False
         node.lookups += 1
+        node.found_at = time.monotonic()
 
     # --- bounding memory and descriptors ------------------------------------------------------
 

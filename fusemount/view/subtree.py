@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import stat
+import time
 from typing import NoReturn
 
 import pyfuse3
@@ -41,6 +43,7 @@ from fusemount.host import backing, syscalls
 from fusemount.view.gate import SquashedRoot, Steps, check_name, first_fd, the_fd, two_fds
 from fusemount.view.handles import LARGE_BLOCKS, DirHandle, FileHandle
 from fusemount.view.inodes import Node
+from fusemount.view.live import LiveSubtree
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +331,9 @@ class SubtreeOps(Steps):
         handle = self.handles.get(fh)
         assert isinstance(handle, DirHandle)
         subtree = handle.node.subtree
+        find = self.inodes.find
+        dev = handle.node.dev
+        held_since = self._held_since(subtree)
         seek: int | None = None
         if start_id != handle.at:
             # rewinddir, seekdir, or entries the kernel did not take: resume where it says.
@@ -340,7 +346,8 @@ class SubtreeOps(Steps):
                 handle.cursor, seek = 0, None
                 if not handle.buf:
                     break
-            name, next_off, reclen = backing.dir_entry(handle.buf, handle.cursor)
+            name, next_off, reclen, d_ino, d_type = backing.dir_entry(handle.buf,
+                                                                      handle.cursor)
             if name in (b".", b".."):
                 # `.` and `..` as a native listing shows them; the kernel takes no lookup
                 # reference for them, and `..` is never resolved on the source (SPEC 1).
@@ -350,26 +357,46 @@ class SubtreeOps(Steps):
                 if not pyfuse3.readdir_reply(token, FileNameT(name), dot, next_off):
                     break
             else:
-                found = await self._dir_entry(handle, name)
-                if found is not None:
-                    node, attrs = found
-                    if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, next_off):
-                        self.inodes.forget(node.ino, 1)  # the kernel did not take this entry
+                node = find(subtree, dev, d_ino) if d_type else None
+                if (node is not None and node.lookups and node.found_at > held_since
+                        and not node.trimming):
+                    # The kernel holds an entry of it that is still valid for a while: the
+                    # name alone, with no stat and no lookup reference (a walk that comes
+                    # after that entry expired asks with a lookup, as for a plain READDIR).
+                    if not pyfuse3.readdir_reply_name(token, FileNameT(name),
+                                                      InodeT(node.ino),
+                                                      ModeT(d_type << 12), next_off):
                         break
+                else:
+                    found = await self._dir_entry(handle, name)
+                    if found is not None:
+                        node, attrs = found
+                        if not pyfuse3.readdir_reply(token, FileNameT(name), attrs, next_off):
+                            self.inodes.forget(node.ino, 1)  # the kernel did not take it
+                            break
             handle.cursor += reclen
             handle.at = next_off
         self._trim()
+
+    def _held_since(self, subtree: LiveSubtree) -> float:
+        """Entries the kernel got after this time (monotonic) are still valid for at least a
+        quarter of entry_timeout; nothing counts on a subtree the kernel caches nothing of."""
+        if subtree.spec.policy.squash_root or self.entry_timeout <= 0:
+            return math.inf
+        return time.monotonic() - self.entry_timeout * 0.75
 
     async def _dir_entry(self, handle: DirHandle, name: bytes,
                          ) -> tuple[Node, EntryAttributes] | None:
         """The node of one listed name, with one lookup counted; None if it is gone."""
         subtree = handle.node.subtree
         inodes = self.inodes
+        attrs = EntryAttributes()
         try:
-            st = await self._io(subtree, backing.stat_name, (handle.fd,), name)
+            # The attributes are read straight into the reply (no os.stat_result).
+            dev, st_ino = await self._io(subtree, attrs.stat_at, (handle.fd,), name)
         except FileNotFoundError:
             return None  # removed since getdents64 saw it
-        node = inodes.find(subtree, st.st_dev, st.st_ino)
+        node = inodes.find(subtree, dev, st_ino)
         if node is not None and node.fd < 0 and node.handle is not None:
             # Evicted: still the object the table remembers, or a new one behind a
             # recycled st_ino? Its file handle says, without opening it.
@@ -379,20 +406,34 @@ class SubtreeOps(Steps):
             except OSError:
                 same = False
             # An offloaded call awaits: a forget may have dropped the node meanwhile.
-            if not same or inodes.find(subtree, st.st_dev, st.st_ino) is not node:
+            if not same or inodes.find(subtree, dev, st_ino) is not node:
                 node = None
-        if node is None or (node.fd < 0 and node.handle is None) or not subtree.live:
+        if (node is None or (node.fd < 0 and node.handle is None) or not subtree.live
+                or node.is_root):
             # Not held: open it, so a new object behind a recycled st_ino is told apart
-            # from the one the table remembers (InodeTable.adopt).
+            # from the one the table remembers (InodeTable.adopt). A subtree root met
+            # again (its source bind-mounted below itself) shows as its gate (_attrs).
             try:
                 fd, st = await self._io(subtree, backing.lookup, (handle.fd,), name,
                                         new_fds=first_fd)
             except FileNotFoundError:
                 return None
             node = inodes.adopt(subtree, fd, st.st_dev, st.st_ino, handle.node.ino, name)
+            return node, self._attrs(node, st)
+        inodes.count_lookup(node)
+        return node, self._fill_listed(node, attrs)
+
+    def _fill_listed(self, node: Node, attrs: EntryAttributes) -> EntryAttributes:
+        """attrs (read by stat_at) made a reply for node, as _attrs does from an
+        os.stat_result for anything but a subtree root."""
+        attrs.st_ino = InodeT(node.ino)
+        attrs.generation = node.generation
+        if node.subtree.spec.policy.squash_root:
+            attrs.entry_timeout = attrs.attr_timeout = 0
         else:
-            inodes.count_lookup(node)
-        return node, self._attrs(node, st)
+            attrs.entry_timeout = self.entry_timeout
+            attrs.attr_timeout = self.attr_timeout
+        return attrs
 
     async def releasedir(self, fh: FileHandleT) -> None:
         self.handles.release(fh)

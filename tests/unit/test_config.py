@@ -262,13 +262,19 @@ def test_every_record_field_is_validated_by_key() -> None:
         assert str(info.value).startswith(f"subtree[0].{item.name}: expected")
 
 
-def test_int_bounds_cover_every_integer_limit_and_the_defaults() -> None:
-    int_fields = {f.name for f in dataclasses.fields(Limits) if f.type in ("int", int)}
-    assert set(INT_BOUNDS) == int_fields
-    for key, (low, high) in INT_BOUNDS.items():
-        assert low <= getattr(Limits(), key) <= high
-        assert getattr(parse_config(f"[limits]\n{key} = {low}\n").limits, key) == low
-        assert getattr(parse_config(f"[limits]\n{key} = {high}\n").limits, key) == high
+def test_int_bounds_cover_every_integer_key_and_the_defaults() -> None:
+    sections: dict[str, Limits | PerformanceConfig] = {
+        "limits": Limits(), "performance": PerformanceConfig()}
+    int_fields = {(name, f.name) for name, section in sections.items()
+                  for f in dataclasses.fields(section) if f.type in ("int", int)}
+    assert set(INT_BOUNDS) == {key for _, key in int_fields}
+    for name, key in int_fields:
+        low, high = INT_BOUNDS[key]
+        assert low <= getattr(sections[name], key) <= high
+        assert getattr(getattr(parse_config(f"[{name}]\n{key} = {low}\n"), name), key) == low
+        assert getattr(getattr(parse_config(f"[{name}]\n{key} = {high}\n"), name), key) == high
+        with pytest.raises(ConfigError):
+            parse_config(f"[{name}]\n{key} = {high + 1}\n")
 
 
 DECLARED = """

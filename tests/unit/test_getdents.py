@@ -16,7 +16,7 @@ def _entries(fd: int, offset: int | None, size: int) -> list[tuple[bytes, int]]:
     records = backing.read_dir(fd, offset, size)
     out, pos = [], 0
     while pos < len(records):
-        name, next_off, reclen = backing.dir_entry(records, pos)
+        name, next_off, reclen, _, _ = backing.dir_entry(records, pos)
         out.append((name, next_off))
         pos += reclen
     return out
