@@ -123,3 +123,36 @@ def test_many_opens_of_a_huge_directory_cost_bounded_memory_issue_12(
     # of getdents64 buffer each is what is allowed.
     print(f"daemon RSS grew {grown_mib:.1f} MiB for 250 open 50,000-entry directories")
     assert grown_mib < 50
+
+
+def _listing(directory: Path) -> dict[str, tuple[int, bool, bool, bool]]:
+    """name -> (d_ino, is a directory, a symlink, a regular file) as getdents64 says."""
+    with os.scandir(directory) as entries:
+        return {e.name: (e.inode(), e.is_dir(follow_symlinks=False), e.is_symlink(),
+                         e.is_file(follow_symlinks=False)) for e in entries}
+
+
+@pytest.mark.timeout(60)
+def test_listed_numbers_and_types_are_what_stat_shows_cold_and_warm(
+    view_factory: ViewFactory, source: Path
+) -> None:
+    """The first listing carries attributes; the next lists by name alone what the kernel
+    still holds (issue 13 item 5). Both show each entry's st_ino through the view and the
+    file type the source's own listing shows."""
+    top = source / "d"
+    (top / "sub").mkdir(parents=True)
+    for n in range(50):
+        (top / f"f{n}").write_text(str(n))
+    os.symlink("f0", top / "link")
+    os.mkfifo(top / "fifo")
+    os.link(top / "f1", top / "hard")
+    view = view_factory()
+    view.ok(f"attach a {source}")
+    through = view.path / "a" / "d"
+    native = {name: kind[1:] for name, kind in _listing(top).items()}
+    for _ in range(3):  # cold, then warm twice
+        listed = _listing(through)
+        assert {name: kind[1:] for name, kind in listed.items()} == native
+        assert {name: kind[0] for name, kind in listed.items()} == {
+            name: os.lstat(through / name).st_ino for name in native}
+    assert listed["hard"][0] == listed["f1"][0]
