@@ -14,6 +14,11 @@ Two fusemount columns: `fusemount` in the default gate mode and `fusemount_hidde
 `[performance] busy_poll` off, as shipped, unless `--busy-poll`; a held CPU latency request
 would speed up every target, so the peers are measured under the same setting.
 
+Paths are equally deep: every target's workloads run in a directory named `bench` one level
+below the scratch directory (native/bench, view-fusemount/bench = VIEW/NAME, bindfs/bench =
+its mount point), as a managed mount at /mnt/NAME and the view's /view/NAME would be, so an
+absolute-path row compares the cost of each component, not the number of components.
+
 It measures the price of SPEC 1 (every operation proxied through descriptors the daemon holds)
 and checks no behaviour beyond "the bytes and entries came back".
 
@@ -701,8 +706,8 @@ def _check_same_backing(view_dir: Path, backing: Path) -> None:
 
 @contextlib.contextmanager
 def native_target(base: Path) -> Iterator[Target]:
-    root = base / "native"
-    root.mkdir()
+    root = base / "native" / SUBTREE  # as deep as VIEW/NAME (module doc)
+    root.mkdir(parents=True)
     yield Target("native", root, root, lambda: True)
 
 
@@ -755,8 +760,9 @@ def _wait_busy_poll_released(view: Path, timeout_s: float = 10.0) -> None:
 
 @contextlib.contextmanager
 def bindfs_target(base: Path, timeout_s: float) -> Iterator[Target]:
-    mountpoint, src, log_path = base / "bindfs", base / "src", base / "bindfs.log"
-    mountpoint.mkdir()
+    # As deep as VIEW/NAME (module doc): a managed mount at /mnt/NAME, its view at /view/NAME.
+    mountpoint, src, log_path = base / "bindfs" / SUBTREE, base / "src", base / "bindfs.log"
+    mountpoint.mkdir(parents=True)
     src.mkdir(exist_ok=True)
     # -f keeps it a child we own, so it is stopped by its pid, never by name
     argv = ["bindfs", "-f", "--no-allow-other", str(src), str(mountpoint)]
