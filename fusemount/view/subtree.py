@@ -338,7 +338,6 @@ class SubtreeOps(Steps):
         if start_id != handle.at:
             # rewinddir, seekdir, or entries the kernel did not take: resume where it says.
             seek, handle.buf, handle.cursor = start_id, b"", 0
-        dot: EntryAttributes | None = None
         while True:
             if handle.cursor >= len(handle.buf):
                 handle.buf = await self._io(subtree, backing.read_dir, (handle.fd,), seek,
@@ -349,12 +348,13 @@ class SubtreeOps(Steps):
             name, next_off, reclen, d_ino, d_type = backing.dir_entry(handle.buf,
                                                                       handle.cursor)
             if name in (b".", b".."):
-                # `.` and `..` as a native listing shows them; the kernel takes no lookup
-                # reference for them, and `..` is never resolved on the source (SPEC 1).
-                if dot is None:
-                    dot = self._attrs(handle.node,
-                                      await self._io(subtree, backing.getattr_, (handle.fd,)))
-                if not pyfuse3.readdir_reply(token, FileNameT(name), dot, next_off):
+                # `.` and `..` as a native listing shows them, by name and type alone: the
+                # kernel never links them or takes a reference (so attributes would be
+                # dropped), and `..` is never resolved on the source (SPEC 1). Both carry
+                # the directory's own number.
+                if not pyfuse3.readdir_reply_name(token, FileNameT(name),
+                                                  InodeT(handle.node.ino), ModeT(stat.S_IFDIR),
+                                                  next_off):
                     break
             else:
                 node = find(subtree, dev, d_ino) if d_type else None

@@ -62,6 +62,8 @@ def test_entries_the_kernel_holds_are_listed_by_name_alone(
         lookups = {name: table.node(e.st_ino).lookups for name, e in found.items()}
         listed = await _list(ops, d0.st_ino, recorded)
         assert len(listed) == 20
+        # `.` and `..` always by name: the kernel never links them.
+        assert recorded[b"."] == recorded[b".."] == ("name", d0.st_ino, stat.S_IFDIR)
         for name, (kind, ino, mode) in listed.items():
             if name in found:  # just looked up: the kernel holds a valid entry
                 assert (kind, ino, mode) == ("name", found[name].st_ino, stat.S_IFREG)
