@@ -27,6 +27,7 @@ from fusemount.host import backing
 from fusemount.view.attrs import fill
 from fusemount.view.context import ViewContext
 from fusemount.view.inodes import Node
+from fusemount.view.live import LiveSubtree
 from fusemount.view.offload import Offloader
 from fusemount.view.registry import Registry
 
@@ -123,17 +124,20 @@ class Steps:
             return None
         return None if self.ctx.is_admin(self.callers.from_ctx(ctx)) else ctx.uid
 
-    def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
-        if node.is_root:
-            attrs = self.ctx.root_attrs(node.subtree, node.ino, st)
-        elif node.subtree.spec.policy.squash_root:
+    def _timeouts(self, subtree: LiveSubtree) -> tuple[float, float]:
+        """(entry, attribute) timeouts of the entries of subtree the kernel is given."""
+        if subtree.spec.policy.squash_root:
             # The kernel lets root through cached entries by capability: on a squashed
             # subtree nothing is cached, so every walk step comes back as a lookup that
             # runs as nobody (ops.lookup), as a native walk by nobody would be checked.
-            attrs = fill(EntryAttributes(), node.ino, st, 0, 0)
+            return 0.0, 0.0
+        return self.entry_timeout, self.attr_timeout
+
+    def _attrs(self, node: Node, st: os.stat_result) -> EntryAttributes:
+        if node.is_root:
+            attrs = self.ctx.root_attrs(node.subtree, node.ino, st)
         else:
-            attrs = fill(EntryAttributes(), node.ino, st, self.entry_timeout,
-                         self.attr_timeout)
+            attrs = fill(EntryAttributes(), node.ino, st, *self._timeouts(node.subtree))
         attrs.generation = node.generation  # a recycled st_ino's new object (inodes.py)
         return attrs
 

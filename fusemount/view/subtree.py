@@ -381,9 +381,10 @@ class SubtreeOps(Steps):
     def _held_since(self, subtree: LiveSubtree) -> float:
         """Entries the kernel got after this time (monotonic) are still valid for at least a
         quarter of entry_timeout; nothing counts on a subtree the kernel caches nothing of."""
-        if subtree.spec.policy.squash_root or self.entry_timeout <= 0:
+        entry_timeout, _ = self._timeouts(subtree)
+        if entry_timeout <= 0:
             return math.inf
-        return time.monotonic() - self.entry_timeout * 0.75
+        return time.monotonic() - entry_timeout * 0.75
 
     async def _dir_entry(self, handle: DirHandle, name: bytes,
                          ) -> tuple[Node, EntryAttributes] | None:
@@ -428,11 +429,7 @@ class SubtreeOps(Steps):
         os.stat_result for anything but a subtree root."""
         attrs.st_ino = InodeT(node.ino)
         attrs.generation = node.generation
-        if node.subtree.spec.policy.squash_root:
-            attrs.entry_timeout = attrs.attr_timeout = 0
-        else:
-            attrs.entry_timeout = self.entry_timeout
-            attrs.attr_timeout = self.attr_timeout
+        attrs.entry_timeout, attrs.attr_timeout = self._timeouts(node.subtree)
         return attrs
 
     async def releasedir(self, fh: FileHandleT) -> None:
